@@ -1,0 +1,1 @@
+"""mixai_pipeline: the Dagster code location of the MIXAI music-AI data and ML platform."""
