@@ -1,9 +1,13 @@
-"""Bring up the embedded defaults (or use the configured components) for CLI commands and make targets.
+"""Resolve the runtime components: configured ones from the environment, else the embedded defaults.
 
-``prepare_environment()`` is what ``mixai demo``, ``mixai dev`` and ``mixai db upgrade`` call first:
-it starts the embedded PostgreSQL when ``MIXAI_DATABASE_URL`` is unset, creates the app and Dagster
-databases, applies migrations, points ``DAGSTER_HOME`` at ``.mixai/dagster`` (with the project's
-``dagster.yaml``) and exports the variables that Dagster processes started afterwards inherit.
+- App database: ``MIXAI_DATABASE_URL``, else the embedded PostgreSQL under ``.mixai/pg`` (database ``mixai``),
+  started on first use.
+- Dagster's instance storage: ``MIXAI_DAGSTER_PG_URL``, else database ``dagster`` on the same server.
+- ``DAGSTER_HOME``: ``.mixai/dagster`` holding a link to the project's ``dagster.yaml``.
+
+``prepare_environment()`` is what ``mixai demo``/``dev``/``db upgrade`` call first: it resolves
+everything, applies migrations, and exports the variables so that Dagster processes started
+afterwards (daemon, code server, run workers) inherit the same choices.
 """
 
 from __future__ import annotations
@@ -13,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixai_pipeline import settings
-from mixai_pipeline.resources import migrations
-from mixai_pipeline.resources.database import engine_for
 from mixai_pipeline.resources.embedded_postgres import (
     APP_DATABASE,
     DAGSTER_DATABASE,
@@ -22,6 +24,32 @@ from mixai_pipeline.resources.embedded_postgres import (
     start_embedded_postgres,
     with_database,
 )
+
+
+def embedded_pgdata() -> Path:
+    return settings.state_dir() / "pg"
+
+
+def _embedded_url(database: str, driver: str) -> str:
+    admin_uri = start_embedded_postgres(embedded_pgdata())
+    ensure_database(admin_uri, database)
+    return with_database(admin_uri, database, driver)
+
+
+def app_database_url() -> str:
+    return os.environ.get(settings.ENV_DATABASE_URL) or _embedded_url(APP_DATABASE, "psycopg")
+
+
+def dagster_database_url() -> str:
+    """dagster-postgres speaks psycopg2: with SQLAlchemy 2.1 the URL must say postgresql+psycopg2."""
+    if os.environ.get(settings.ENV_DAGSTER_PG_URL):
+        return os.environ[settings.ENV_DAGSTER_PG_URL]
+    if os.environ.get(settings.ENV_DATABASE_URL):
+        server = with_database(os.environ[settings.ENV_DATABASE_URL], "postgres", "psycopg").replace(
+            "postgresql+psycopg://", "postgresql://", 1)
+        ensure_database(server, DAGSTER_DATABASE)
+        return with_database(server, DAGSTER_DATABASE, "psycopg2")
+    return _embedded_url(DAGSTER_DATABASE, "psycopg2")
 
 
 @dataclass(frozen=True)
@@ -33,22 +61,14 @@ class Environment:
     applied_migrations: tuple[str, ...]
 
 
-def embedded_pgdata() -> Path:
-    return settings.state_dir() / "pg"
-
-
 def prepare_environment(*, migrate: bool = True) -> Environment:
+    from mixai_pipeline.resources import migrations
+    from mixai_pipeline.resources.database import engine_for
+
     embedded = not os.environ.get(settings.ENV_DATABASE_URL)
-    if embedded:
-        admin_uri = start_embedded_postgres(embedded_pgdata())
-        ensure_database(admin_uri, APP_DATABASE)
-        ensure_database(admin_uri, DAGSTER_DATABASE)
-        os.environ[settings.ENV_DATABASE_URL] = with_database(admin_uri, APP_DATABASE, "psycopg")
-        os.environ[settings.ENV_DAGSTER_PG_URL] = with_database(admin_uri, DAGSTER_DATABASE, "psycopg2")
-    elif not os.environ.get(settings.ENV_DAGSTER_PG_URL):
-        # Same server, own database: dagster-postgres speaks psycopg2 (with SQLAlchemy 2.1 the scheme matters).
-        os.environ[settings.ENV_DAGSTER_PG_URL] = with_database(
-            os.environ[settings.ENV_DATABASE_URL], DAGSTER_DATABASE, "psycopg2")
+    app_url, dagster_url = app_database_url(), dagster_database_url()
+    os.environ[settings.ENV_DATABASE_URL] = app_url
+    os.environ[settings.ENV_DAGSTER_PG_URL] = dagster_url
 
     home = Path(os.environ.get("DAGSTER_HOME") or settings.dagster_home())
     home.mkdir(parents=True, exist_ok=True)
@@ -60,8 +80,8 @@ def prepare_environment(*, migrate: bool = True) -> Environment:
 
     applied: list[str] = []
     if migrate:
-        applied = [m.path.name for m in migrations.upgrade(engine_for(os.environ[settings.ENV_DATABASE_URL]),
-                                                            settings.SQL_DIR)]
+        engine = engine_for(os.environ[settings.ENV_DATABASE_URL])
+        applied = [m.path.name for m in migrations.upgrade(engine, settings.SQL_DIR)]
     return Environment(
         database_url=os.environ[settings.ENV_DATABASE_URL],
         dagster_pg_url=os.environ[settings.ENV_DAGSTER_PG_URL],

@@ -40,7 +40,7 @@ CREATE TABLE jobs (
     uploaded_at     timestamptz,                   -- created_at from the manifest
     consent_qa      boolean,
     consent_training boolean,
-    bpm             real CHECK (bpm IS NULL OR (bpm > 0 AND bpm < 1000)),
+    bpm             double precision CHECK (bpm IS NULL OR (bpm > 0 AND bpm < 1000)),
     musical_key     text,
     preset          text,
     manifest        jsonb,

@@ -47,7 +47,13 @@ def write_audit(conn: Connection, *, actor: str, action: str, target_type: str,
 class Database(dg.ConfigurableResource):
     """PostgreSQL holding jobs, vault items, consent, features, labels, models and the audit log."""
 
-    url: str = Field(description="SQLAlchemy/libpq URL of the application database (secret: from MIXAI_DATABASE_URL)")
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy/libpq URL (secret: from MIXAI_DATABASE_URL); unset means the embedded server")
 
     def get_engine(self) -> Engine:
-        return engine_for(self.url)
+        if self.url:
+            return engine_for(self.url)
+        from mixai_pipeline.runtime import app_database_url
+
+        return engine_for(app_database_url())

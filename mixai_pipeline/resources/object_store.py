@@ -28,16 +28,20 @@ MAX_KEY_BYTES = 1024
 _TMP_PREFIX = ".mixai-tmp-"
 
 
-class InvalidKey(ValueError):
+class ObjectStoreError(Exception):
+    """Base of the errors this module raises on purpose."""
+
+
+class InvalidKey(ObjectStoreError, ValueError):
     """A key that must not be used: traversal, absolute, control characters, too long…"""
 
 
-class ObjectNotFound(KeyError):
+class ObjectNotFound(ObjectStoreError, KeyError):
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else "object not found"
 
 
-class ObjectTooLarge(ValueError):
+class ObjectTooLarge(ObjectStoreError, ValueError):
     pass
 
 

@@ -1,0 +1,94 @@
+"""``mixai``: operator commands of the platform.
+
+    mixai db upgrade        apply pending SQL migrations (starts the embedded PostgreSQL if needed)
+    mixai db status         migrations applied, and where the database is
+    mixai db stop           stop the embedded PostgreSQL
+    mixai demo-data         write the demo uploads into the inbox
+    mixai demo              the main job end to end (what `make demo` runs)
+    mixai dev               Dagster UI + daemon on 127.0.0.1 (what `make dev` runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _db(args: argparse.Namespace) -> int:
+    from mixai_pipeline import settings
+    from mixai_pipeline.resources import migrations
+    from mixai_pipeline.resources.database import engine_for
+    from mixai_pipeline.runtime import embedded_pgdata, prepare_environment
+
+    if args.action == "stop":
+        from mixai_pipeline.resources.embedded_postgres import stop_embedded_postgres
+
+        print("stopped" if stop_embedded_postgres(embedded_pgdata()) else "not running")
+        return 0
+    env = prepare_environment(migrate=args.action == "upgrade")
+    where = "embedded PostgreSQL under .mixai/pg" if env.embedded_postgres else "MIXAI_DATABASE_URL"
+    if args.action == "upgrade":
+        print(f"{where}: applied {', '.join(env.applied_migrations) or 'nothing (up to date)'}")
+    else:
+        applied = migrations.applied_versions(engine_for(env.database_url))
+        pending = [m.path.name for m in migrations.discover(settings.SQL_DIR) if m.version not in applied]
+        print(f"{where}: applied {applied or 'none'}; pending {pending or 'none'}")
+    return 0
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from mixai_pipeline.definitions import object_store_resource
+    from mixai_pipeline.lib.demo.uploads import write_demo_inbox
+
+    write_demo_inbox(object_store_resource().get_store(), count=args.count, bad=not args.no_bad)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mixai_pipeline.demo import run_demo
+
+    return run_demo(timeout_s=args.timeout)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from mixai_pipeline import settings
+    from mixai_pipeline.runtime import prepare_environment
+
+    prepare_environment()
+    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
+    command = [dagster, "dev", "-h", args.host, "-p", str(args.port),
+               "-w", str(settings.PROJECT_ROOT / "workspace.yaml")]
+    print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})", flush=True)
+    os.chdir(settings.PROJECT_ROOT)
+    os.execv(dagster, command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mixai", description="Operator commands of the MIXAI data platform.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="the application database")
+    db.add_argument("action", choices=["upgrade", "status", "stop"])
+    db.set_defaults(handler=_db)
+
+    data = sub.add_parser("demo-data", help="write the demo uploads into the inbox")
+    data.add_argument("--count", type=int, default=8, help="rendered good uploads (0-8)")
+    data.add_argument("--no-bad", action="store_true", help="skip the deliberately bad uploads")
+    data.set_defaults(handler=_demo_data)
+
+    demo = sub.add_parser("demo", help="run the main job end to end on the embedded defaults")
+    demo.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the runs")
+    demo.set_defaults(handler=_demo)
+
+    dev = sub.add_parser("dev", help="Dagster UI and daemon on 127.0.0.1")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(handler=_dev)
+
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The upload contract: manifests, the inbox layout, audio probing and registration."""
