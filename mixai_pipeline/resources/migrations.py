@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 from sqlalchemy import Engine, text
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -81,7 +82,11 @@ def upgrade(engine: Engine, sql_dir: Path) -> list[Migration]:
             with conn.begin_nested():
                 # Straight to the driver with no parameters: a migration is plain SQL, and its '%'
                 # characters must not be read as placeholders.
-                conn.connection.dbapi_connection.cursor().execute(migration.sql)
+                try:
+                    conn.connection.dbapi_connection.cursor().execute(migration.sql)
+                except psycopg.Error as err:
+                    raise MigrationError(f"{migration.path.name} failed, nothing was applied: "
+                                         f"{str(err).strip()}") from err
                 conn.execute(
                     text("INSERT INTO schema_migrations (version, name, checksum) VALUES (:v, :n, :c)"),
                     {"v": migration.version, "n": migration.name, "c": migration.checksum},
