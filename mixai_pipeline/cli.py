@@ -48,7 +48,7 @@ def _demo_data(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from mixai_pipeline.demo import run_demo
 
-    return run_demo(timeout_s=args.timeout)
+    return run_demo(timeout_s=args.timeout, count=args.count)
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -73,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     db.set_defaults(handler=_db)
 
     data = sub.add_parser("demo-data", help="write the demo uploads into the inbox")
-    data.add_argument("--count", type=int, default=8, help="rendered good uploads (0-8)")
+    data.add_argument("--count", type=int, default=None, help="rendered good uploads (default: all 8)")
     data.add_argument("--no-bad", action="store_true", help="skip the deliberately bad uploads")
     data.set_defaults(handler=_demo_data)
 
     demo = sub.add_parser("demo", help="run the main job end to end on the embedded defaults")
     demo.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the runs")
+    demo.add_argument("--count", type=int, default=None, help="rendered good uploads (default: all 8)")
     demo.set_defaults(handler=_demo)
 
     dev = sub.add_parser("dev", help="Dagster UI and daemon on 127.0.0.1")

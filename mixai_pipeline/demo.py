@@ -117,7 +117,7 @@ def print_summary(engine, runs: list, log=print) -> None:
         f"'{SENSOR_NAME}', the runs above).")
 
 
-def run_demo(timeout_s: float = 900.0, log=print) -> int:
+def run_demo(timeout_s: float = 900.0, count: int | None = None, log=print) -> int:
     from mixai_pipeline.definitions import object_store_resource
     from mixai_pipeline.lib.demo.uploads import write_demo_inbox
     from mixai_pipeline.resources.database import engine_for
@@ -130,7 +130,7 @@ def run_demo(timeout_s: float = 900.0, log=print) -> int:
     log(f"  object store: {type(store).__name__} {getattr(store, 'root', '')}")
     log(f"  Dagster instance: DAGSTER_HOME={env.dagster_home} (storage in PostgreSQL, database dagster)")
     log("== Demo inbox (Bach chorales rendered with FluidR3 GM; plus deliberately bad uploads) ==")
-    write_demo_inbox(store, log=log)
+    write_demo_inbox(store, count=count, log=log)
 
     log("== dagster-daemon: new_uploads_sensor tick → runs ==")
     daemon_log = settings.state_dir() / "dagster-daemon.log"

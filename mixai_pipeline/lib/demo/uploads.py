@@ -155,9 +155,10 @@ def write_bad_uploads(store: ObjectStore, wav: bytes) -> list[DemoUpload]:
     return written
 
 
-def write_demo_inbox(store: ObjectStore, count: int = len(GOOD_UPLOADS), bad: bool = True,
+def write_demo_inbox(store: ObjectStore, count: int | None = None, bad: bool = True,
                      log: Callable[[str], None] = print) -> list[DemoUpload]:
-    """Write ``count`` rendered uploads (and the bad ones); return what is in the demo inbox."""
+    """Write ``count`` rendered uploads (all by default) and the bad ones; return what is in the demo inbox."""
+    count = len(GOOD_UPLOADS) if count is None else count
     if not 0 <= count <= len(GOOD_UPLOADS):
         raise ValueError(f"count must be between 0 and {len(GOOD_UPLOADS)}")
     results = []

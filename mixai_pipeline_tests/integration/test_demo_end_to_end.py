@@ -1,0 +1,61 @@
+"""The deployment path, as `make demo` runs it: rendered demo uploads → dagster-daemon → sensor tick →
+runs on the Dagster instance (PostgreSQL storage) → rows in the app database. Twice: nothing added twice."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from mixai_pipeline.resources.database import engine_for
+from mixai_pipeline.resources.embedded_postgres import start_embedded_postgres, stop_embedded_postgres, with_database
+
+pytestmark = pytest.mark.slow
+
+
+def run_demo(home: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MIXAI_DATABASE_URL", "MIXAI_DAGSTER_PG_URL", "DAGSTER_HOME", "MLFLOW_TRACKING_URI")}
+    env["MIXAI_HOME"] = str(home)
+    mixai = Path(sys.executable).with_name("mixai")
+    return subprocess.run([str(mixai), "demo", "--count", "2", "--timeout", "600"], env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_demo_runs_through_the_daemon_and_is_idempotent(tmp_path):
+    home = tmp_path / "state"
+    try:
+        first = run_demo(home)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        assert "sensor tick: 1 run(s) requested" in first.stdout
+        assert "2 accepted, 7 rejected" in first.stdout
+
+        engine = engine_for(with_database(start_embedded_postgres(home / "pg"), "mixai", "psycopg"))
+        with engine.connect() as conn:
+            jobs = conn.execute(text("SELECT status, reject_code FROM jobs")).all()
+            stems = conn.execute(text("SELECT kind, codec, duration_s FROM vault_items")).all()
+            audits = conn.execute(text("SELECT count(*) FROM audit_logs")).scalar_one()
+        assert sorted(code for status, code in jobs if status == "rejected") == sorted(
+            ["manifest_unreadable", "unknown_plan", "stem_missing", "audio_corrupt", "audio_empty",
+             "unsupported_format", "hostile_name"])
+        assert len(stems) == 4 and all(duration > 30 for _, _, duration in stems)  # real, rendered chorales
+        truth = sorted((home / "objects" / "groundtruth").glob("*.json"))
+        assert len(truth) == 2
+
+        dagster = engine_for(with_database(start_embedded_postgres(home / "pg"), "dagster", "psycopg"))
+        with dagster.connect() as conn:
+            statuses = conn.execute(text("SELECT status FROM runs")).scalars().all()
+        assert statuses == ["SUCCESS"]  # the run lives in the instance: the UI shows it
+
+        second = run_demo(home)
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        assert "skipped (no new uploads in the inbox)" in second.stdout
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == len(jobs)
+            assert conn.execute(text("SELECT count(*) FROM audit_logs")).scalar_one() == audits
+        engine.dispose()
+        dagster.dispose()
+    finally:
+        stop_embedded_postgres(home / "pg")
