@@ -68,10 +68,10 @@ def run_sensor_tick_and_wait(started: float, timeout_s: float, log=print) -> lis
 
 def start_daemon(log_path: Path) -> subprocess.Popen:
     daemon = Path(sys.executable).with_name("dagster-daemon")
-    log_file = open(log_path, "ab")
-    return subprocess.Popen([str(daemon), "run", "-w", str(settings.PROJECT_ROOT / "workspace.yaml")],
-                            cwd=settings.PROJECT_ROOT, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(log_path, "ab") as log_file:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([str(daemon), "run", "-w", str(settings.PROJECT_ROOT / "workspace.yaml")],
+                                cwd=settings.PROJECT_ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def stop_daemon(process: subprocess.Popen) -> None:
@@ -124,8 +124,9 @@ def run_demo(timeout_s: float = 900.0, count: int | None = None, log=print) -> i
     from mixai_pipeline.runtime import prepare_environment
 
     env = prepare_environment()
-    log(f"== Environment ==\n  PostgreSQL: {'embedded (pgserver, .mixai/pg)' if env.embedded_postgres else 'MIXAI_DATABASE_URL'}"
-        f"; migrations applied now: {', '.join(env.applied_migrations) or 'none (up to date)'}")
+    where = "embedded (pgserver, .mixai/pg)" if env.embedded_postgres else "MIXAI_DATABASE_URL"
+    log(f"== Environment ==\n  PostgreSQL: {where}; "
+        f"migrations applied now: {', '.join(env.applied_migrations) or 'none (up to date)'}")
     store = object_store_resource().get_store()
     log(f"  object store: {type(store).__name__} {getattr(store, 'root', '')}")
     log(f"  Dagster instance: DAGSTER_HOME={env.dagster_home} (storage in PostgreSQL, database dagster)")

@@ -25,7 +25,11 @@ from psycopg import sql
 from mixai_pipeline import settings
 from mixai_pipeline.resources import migrations
 from mixai_pipeline.resources.database import engine_for
-from mixai_pipeline.resources.embedded_postgres import start_embedded_postgres, stop_embedded_postgres, with_database
+from mixai_pipeline.resources.embedded_postgres import (
+    start_embedded_postgres,
+    stop_embedded_postgres,
+    with_database,
+)
 from mixai_pipeline.resources.object_store import LocalObjectStore, ObjectStore, S3ObjectStore
 
 TEMPLATE_DB = "mixai_template"
@@ -128,7 +132,7 @@ def s3_endpoint():
         except OSError:
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
-                raise RuntimeError("moto_server did not start")
+                raise RuntimeError("moto_server did not start") from None
             time.sleep(0.2)
     yield f"127.0.0.1:{port}"
     process.terminate()

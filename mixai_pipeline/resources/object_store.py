@@ -225,7 +225,7 @@ class LocalObjectStore(ObjectStore):
         if not start.is_dir():
             return
         found = []
-        for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
+        for dirpath, _dirnames, filenames in os.walk(start, followlinks=False):
             for name in filenames:
                 if name.startswith(_TMP_PREFIX):
                     continue

@@ -10,7 +10,11 @@ import pytest
 from sqlalchemy import text
 
 from mixai_pipeline.resources.database import engine_for
-from mixai_pipeline.resources.embedded_postgres import start_embedded_postgres, stop_embedded_postgres, with_database
+from mixai_pipeline.resources.embedded_postgres import (
+    start_embedded_postgres,
+    stop_embedded_postgres,
+    with_database,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -33,7 +33,8 @@ def test_compose_file_validates_and_has_every_service():
     assert code_env["MIXAI_DAGSTER_PG_URL"].startswith("postgresql+psycopg2://")
     assert services["webserver"]["command"][-1] == "/opt/mixai/docker/workspace.yaml"
     # one image for every Python service: the instance storage class lives in the project
-    assert {services[s]["image"] for s in ("code", "webserver", "daemon", "mlflow", "migrate")} == {"mixai-pipeline:latest"}
+    images = {services[s]["image"] for s in ("code", "webserver", "daemon", "mlflow", "migrate")}
+    assert images == {"mixai-pipeline:latest"}
 
 
 def test_dockerfile_copies_what_exists():

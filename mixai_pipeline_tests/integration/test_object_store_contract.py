@@ -77,9 +77,8 @@ def test_missing_objects_raise_not_found(any_store, tmp_path):
         any_store.stat("no/such")
     with pytest.raises(ObjectNotFound):
         any_store.download("no/such", tmp_path / "x")
-    with pytest.raises(ObjectNotFound):
-        with any_store.local_path("no/such"):
-            pass
+    with pytest.raises(ObjectNotFound), any_store.local_path("no/such"):
+        pass
 
 
 def test_delete_is_idempotent_and_removes_from_listing(any_store):

@@ -6,7 +6,6 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
-import pytest
 from sqlalchemy import text
 
 from mixai_pipeline.defs.ingestion.assets import uploads

@@ -3,6 +3,7 @@ import uuid
 
 import pytest
 
+from mixai_pipeline import settings
 from mixai_pipeline.lib.ingestion.manifest import PLANS, RejectError, parse_manifest, peek_user_id
 from mixai_pipeline_tests.conftest import manifest_for
 
@@ -68,7 +69,7 @@ def test_unreadable_manifests(data, words):
 
 
 def test_plans_match_the_schema():
-    sql = open("sql/0001_core_schema.sql").read()
+    sql = (settings.SQL_DIR / "0001_core_schema.sql").read_text()
     for plan in PLANS:
         assert f"('{plan}'," in sql
 

@@ -9,7 +9,12 @@ from pydantic import Field
 
 from mixai_pipeline.defs.partitions import daily_upload_partitions
 from mixai_pipeline.lib.ingestion.audio_probe import AudioLimits
-from mixai_pipeline.lib.ingestion.inbox import DEFAULT_ABANDON_AFTER, INBOX_PREFIX, group_uploads, uploads_of_day
+from mixai_pipeline.lib.ingestion.inbox import (
+    DEFAULT_ABANDON_AFTER,
+    INBOX_PREFIX,
+    group_uploads,
+    uploads_of_day,
+)
 from mixai_pipeline.lib.ingestion.registration import register_day
 from mixai_pipeline.resources import Database, ObjectStoreResource
 from mixai_pipeline.settings import BUSINESS_TIMEZONE
@@ -68,7 +73,7 @@ def uploads(context: dg.AssetExecutionContext, config: UploadsConfig, database: 
     accepted, rejected = report.accepted, report.rejected
     actions = report.actions()
     rejects_table = "\n".join(
-        [f"| upload | code | reason |", "|---|---|---|"]
+        ["| upload | code | reason |", "|---|---|---|"]
         + [f"| {_cell(repr(o.name[:40]))} | {o.reject.code} | {_cell(o.reject.reason)} |" for o in rejected]
     ) if rejected else "none"
     return dg.MaterializeResult(metadata={

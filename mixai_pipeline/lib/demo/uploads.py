@@ -79,7 +79,8 @@ def write_good_upload(store: ObjectStore, index: int, spec: tuple, workdir: Path
     corpus_path, patch, bpm, repeats, offset_ms, inst_fmt, vocal_fmt = spec
     job_id = demo_job_id(f"good-{index}-{corpus_path}")
     prefix = f"{INBOX_PREFIX}{job_id}/"
-    description = f"{corpus_path}: S → choir vocal ({vocal_fmt}), ATB → {patch} ({inst_fmt}), offset {offset_ms:+.0f} ms"
+    description = (f"{corpus_path}: S → choir vocal ({vocal_fmt}), ATB → {patch} ({inst_fmt}), "
+                   f"offset {offset_ms:+.0f} ms")
     if store.exists(prefix + MANIFEST_NAME):
         return DemoUpload(job_id, "good", description, written=False)
     score = render.load_chorale(corpus_path)
@@ -104,7 +105,7 @@ def write_good_upload(store: ObjectStore, index: int, spec: tuple, workdir: Path
                                   "(silence added); negative: its first ms were trimmed",
              "formats": {"inst": inst_fmt, "vocal": vocal_fmt}, "sample_rate": render.SAMPLE_RATE}
     store.put_bytes(f"{GROUNDTRUTH_PREFIX}{job_id}.json", json.dumps(truth, indent=2).encode(), "application/json")
-    for stem, path in stems.items():
+    for path in stems.values():
         store.put_file(f"{prefix}{path.name}", path)
     # The manifest goes last: it is what marks the upload complete.
     store.put_bytes(prefix + MANIFEST_NAME, _manifest(job_id, index, bpm=float(bpm), key=info.key),

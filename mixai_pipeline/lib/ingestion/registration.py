@@ -266,7 +266,8 @@ def _upsert_stem(conn: Connection, outcome: UploadOutcome, manifest: Manifest, s
         """INSERT INTO vault_items (job_id, user_id, kind, path, sha256, bytes, codec, duration_s, sample_rate,
                                     channels, consent_qa, consent_training, expires_at)
            SELECT :job_id, :user_id, :kind, :path, :sha256, :bytes, :codec, :duration_s, :sample_rate,
-                  :channels, :consent_qa, :consent_training, CAST(:received_at AS timestamptz) + make_interval(days => r.days)
+                  :channels, :consent_qa, :consent_training,
+                  CAST(:received_at AS timestamptz) + make_interval(days => r.days)
            FROM retention_policies r WHERE r.plan = :plan AND r.kind = :kind
            ON CONFLICT (path) DO UPDATE SET
                sha256 = EXCLUDED.sha256, bytes = EXCLUDED.bytes, codec = EXCLUDED.codec,

@@ -1,0 +1,17 @@
+"""Run every benchmark and print one JSON document: ``python -m mixai_pipeline_tests.benchmarks``."""
+
+import json
+import sys
+
+from mixai_pipeline_tests.benchmarks import bench_ingestion
+
+
+def main() -> int:
+    results = {"ingestion": bench_ingestion.run()}
+    json.dump(results, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
