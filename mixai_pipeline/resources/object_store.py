@@ -219,21 +219,26 @@ class LocalObjectStore(ObjectStore):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         _validate_prefix(prefix)
-        # Walk only the directory the prefix names (plus a name filter for a partial last segment).
-        base_dir, _, partial = prefix.rpartition("/")
-        start = self.root / base_dir if base_dir else self.root
-        if not start.is_dir():
-            return
-        found = []
-        for dirpath, _dirnames, filenames in os.walk(start, followlinks=False):
-            for name in filenames:
-                if name.startswith(_TMP_PREFIX):
-                    continue
-                full = Path(dirpath) / name
-                key = full.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    with contextlib.suppress(FileNotFoundError):  # deleted while listing
-                        found.append(self._info(key, full))
+        # Walk only the directory the prefix names; plain strings and scandir, because a sensor lists
+        # the whole inbox on every tick (pathlib tripled the cost). Symlinks are not followed or listed.
+        base_dir = prefix.rpartition("/")[0]
+        root = str(self.root)
+        stack, found = [os.path.join(root, base_dir) if base_dir else root], []
+        while stack:
+            try:
+                entries = list(os.scandir(stack.pop()))
+            except (FileNotFoundError, NotADirectoryError):  # vanished while listing, or no such prefix
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False) and not entry.name.startswith(_TMP_PREFIX):
+                    key = entry.path[len(root) + 1:]
+                    if key.startswith(prefix):
+                        with contextlib.suppress(FileNotFoundError):
+                            st = entry.stat(follow_symlinks=False)
+                            found.append(ObjectInfo(key, st.st_size,
+                                                    datetime.fromtimestamp(st.st_mtime, timezone.utc)))
         yield from sorted(found, key=lambda info: info.key)
 
     def delete(self, key: str) -> None:

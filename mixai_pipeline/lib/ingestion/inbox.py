@@ -14,6 +14,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -39,12 +40,12 @@ class InboxUpload:
     def prefix(self) -> str:
         return f"{INBOX_PREFIX}{self.name}/"
 
-    @property
+    @cached_property
     def manifest(self) -> ObjectInfo | None:
         key = self.prefix + MANIFEST_NAME
         return next((o for o in self.objects if o.key == key), None)
 
-    @property
+    @cached_property
     def newest(self) -> datetime:
         return max(o.last_modified for o in self.objects)
 
