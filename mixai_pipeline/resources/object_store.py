@@ -272,10 +272,17 @@ class S3ObjectStore(ObjectStore):
             self.client.make_bucket(bucket)
 
     @staticmethod
-    def _not_found(err: Exception) -> bool:
+    @contextlib.contextmanager
+    def _missing_as_not_found(key: str) -> Iterator[None]:
+        """S3's "no such key" errors become ObjectNotFound; every other error passes through."""
         from minio.error import S3Error
 
-        return isinstance(err, S3Error) and err.code in ("NoSuchKey", "NoSuchObject", "NotFound")
+        try:
+            yield
+        except S3Error as err:
+            if err.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                raise ObjectNotFound(f"no object {key!r}") from None
+            raise
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
         self.client.put_object(self.bucket, validate_key(key), io.BytesIO(data), len(data),
@@ -288,14 +295,8 @@ class S3ObjectStore(ObjectStore):
         return self.stat(key)
 
     def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
-        from minio.error import S3Error
-
-        try:
+        with self._missing_as_not_found(key):
             response = self.client.get_object(self.bucket, validate_key(key))
-        except S3Error as err:
-            if self._not_found(err):
-                raise ObjectNotFound(f"no object {key!r}") from None
-            raise
         try:
             data = response.read() if max_bytes is None else response.read(max_bytes + 1)
         finally:
@@ -306,25 +307,13 @@ class S3ObjectStore(ObjectStore):
         return data
 
     def download(self, key: str, dest: Path) -> Path:
-        from minio.error import S3Error
-
-        try:
+        with self._missing_as_not_found(key):
             self.client.fget_object(self.bucket, validate_key(key), str(dest))
-        except S3Error as err:
-            if self._not_found(err):
-                raise ObjectNotFound(f"no object {key!r}") from None
-            raise
         return dest
 
     def stat(self, key: str) -> ObjectInfo:
-        from minio.error import S3Error
-
-        try:
+        with self._missing_as_not_found(key):
             st = self.client.stat_object(self.bucket, validate_key(key))
-        except S3Error as err:
-            if self._not_found(err):
-                raise ObjectNotFound(f"no object {key!r}") from None
-            raise
         return ObjectInfo(key, st.size or 0, st.last_modified.astimezone(timezone.utc), st.etag)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:

@@ -14,8 +14,8 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import datetime, timedelta
+from functools import cached_property
 from zoneinfo import ZoneInfo
 
 from mixai_pipeline.resources.object_store import ObjectInfo
