@@ -5,18 +5,13 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from mixai_pipeline.defs.ingestion.assets import uploads
+from mixai_pipeline.defs.ingestion.jobs import uploads_job
 from mixai_pipeline.defs.partitions import daily_upload_partitions
 from mixai_pipeline.lib.ingestion.inbox import INBOX_PREFIX, InboxCursor, group_uploads
 from mixai_pipeline.lib.ingestion.manifest import MAX_MANIFEST_BYTES, RejectError, parse_manifest
 from mixai_pipeline.resources import ObjectStoreResource
 from mixai_pipeline.resources.object_store import ObjectStore, ObjectStoreError, key_problem
 from mixai_pipeline.settings import BUSINESS_TIMEZONE
-
-uploads_job = dg.define_asset_job(
-    "ingest_uploads_job", selection=[uploads], partitions_def=daily_upload_partitions,
-    description="Register one day's uploads (what new_uploads_sensor launches).")
-
 
 def _manifest_problem(store: ObjectStore, key: str | None) -> str | None:
     if key is None:
