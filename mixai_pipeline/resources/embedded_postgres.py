@@ -33,7 +33,9 @@ def start_embedded_postgres(pgdata: Path, *, stop_at_exit: bool = False) -> str:
 
 def stop_embedded_postgres(pgdata: Path) -> bool:
     """Stop the server of ``pgdata`` if it runs; return whether one was stopped."""
-    import pgserver._commands as commands
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on headless machines
+        import pgserver._commands as commands
 
     if not (pgdata / "postmaster.pid").exists():
         return False
