@@ -1,0 +1,1 @@
+"""Reading and writing audio through ffmpeg (every upload format) and soundfile."""

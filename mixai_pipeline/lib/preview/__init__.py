@@ -1,0 +1,1 @@
+"""Previews: the most representative excerpt, AAC encoding, waveform peaks and image."""
