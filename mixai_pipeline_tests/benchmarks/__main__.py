@@ -3,11 +3,11 @@
 import json
 import sys
 
-from mixai_pipeline_tests.benchmarks import bench_ingestion
+from mixai_pipeline_tests.benchmarks import bench_features, bench_ingestion
 
 
 def main() -> int:
-    results = {"ingestion": bench_ingestion.run()}
+    results = {"ingestion": bench_ingestion.run(), "features": bench_features.run()}
     json.dump(results, sys.stdout, indent=2)
     print()
     return 0
