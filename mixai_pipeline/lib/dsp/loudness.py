@@ -10,11 +10,12 @@ Loudness is always measured on all channels, never on a mono downmix.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.signal import lfilter, resample_poly
+from scipy.signal import resample_poly, sosfilt
 
 CHANNEL_WEIGHTS = np.array([1.0, 1.0, 1.0, 1.41, 1.41])
 ABSOLUTE_GATE_LUFS = -70.0
@@ -35,15 +36,20 @@ def as_channels(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def k_weight(x: np.ndarray, sr: int) -> np.ndarray:
-    """The K-weighting pre-filter (high shelf + high pass) of BS.1770, per channel."""
+@functools.lru_cache(maxsize=16)
+def _k_weighting_sos(sr: int) -> tuple[np.ndarray, float]:
+    """pyloudnorm's two K-weighting stages as second-order sections (one sosfilt pass is ~2x faster)."""
     from pyloudnorm.iirfilter import IIRfilter
 
-    y = as_channels(x)
-    for stage in (IIRfilter(4.0, 1 / np.sqrt(2), 1500.0, sr, "high_shelf"),
-                  IIRfilter(0.0, 0.5, 38.0, sr, "high_pass")):
-        y = stage.passband_gain * lfilter(stage.b, stage.a, y, axis=0)
-    return y
+    stages = (IIRfilter(4.0, 1 / np.sqrt(2), 1500.0, sr, "high_shelf"), IIRfilter(0.0, 0.5, 38.0, sr, "high_pass"))
+    sos = np.array([np.concatenate([st.b, st.a]) / st.a[0] for st in stages])
+    return sos, float(np.prod([st.passband_gain for st in stages]))
+
+
+def k_weight(x: np.ndarray, sr: int) -> np.ndarray:
+    """The K-weighting pre-filter (high shelf + high pass) of BS.1770, per channel."""
+    sos, gain = _k_weighting_sos(int(sr))
+    return gain * sosfilt(sos, as_channels(x), axis=0)
 
 
 def _block_loudness(weighted: np.ndarray, sr: int, block_s: float, step_s: float) -> np.ndarray:
