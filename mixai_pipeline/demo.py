@@ -98,6 +98,12 @@ def print_summary(engine, runs: list, log=print) -> None:
         consent = conn.execute(text(
             "SELECT count(*) FILTER (WHERE training), count(*) FILTER (WHERE qa), count(*) FROM ml_consent")).one()
         audits = conn.execute(text("SELECT action, count(*) FROM audit_logs GROUP BY action ORDER BY action")).all()
+        per_job = conn.execute(text(
+            """SELECT j.job_id, j.status, a.offset_ms, a.method, a.confidence, m.preset,
+                      ms.lufs_in, ms.lufs_out, ms.true_peak_dbtp, j.failure_reason
+               FROM jobs j LEFT JOIN alignments a USING (job_id) LEFT JOIN mixes m USING (job_id)
+               LEFT JOIN masters ms USING (job_id)
+               WHERE j.status <> 'rejected' ORDER BY j.job_id""")).all()
     log("")
     log("== What the runs produced (PostgreSQL, database mixai) ==")
     for run in runs:
@@ -112,6 +118,20 @@ def print_summary(engine, runs: list, log=print) -> None:
     for row in rejects:
         log(f"    {row.job_id}  {row.reject_code}: {row.reject_reason}")
     log("  audit_logs: " + ", ".join(f"{a} × {n}" for a, n in audits))
+    log("")
+    log("== Audio pipeline, per job ==")
+    log(f"  {'job':8}  {'offset ms':>9}  {'method':19}  {'conf':>4}  {'preset':13}  {'LUFS in':>7}  "
+        f"{'LUFS out':>8}  {'TP dBTP':>7}")
+    for r in per_job:
+        if r.status == "failed":
+            log(f"  {str(r.job_id)[:8]}  failed: {r.failure_reason}")
+            continue
+
+        def num(v, fmt):
+            return format(v, fmt) if v is not None else "-"
+        log(f"  {str(r.job_id)[:8]}  {num(r.offset_ms, '9.1f')}  {r.method or '-':19}  "
+            f"{num(r.confidence, '4.2f')}  {r.preset or '-':13}  {num(r.lufs_in, '7.1f')}  "
+            f"{num(r.lufs_out, '8.1f')}  {num(r.true_peak_dbtp, '7.2f')}")
     log("")
     log("Open the Dagster UI with `make dev` → http://127.0.0.1:3000 (asset 'uploads', sensor "
         f"'{SENSOR_NAME}', the runs above).")

@@ -39,7 +39,8 @@ def test_demo_runs_through_the_daemon_and_is_idempotent(tmp_path):
         engine = engine_for(with_database(start_embedded_postgres(home / "pg"), "mixai", "psycopg"))
         with engine.connect() as conn:
             jobs = conn.execute(text("SELECT status, reject_code FROM jobs")).all()
-            stems = conn.execute(text("SELECT kind, codec, duration_s FROM vault_items")).all()
+            stems = conn.execute(text("SELECT kind, codec, duration_s FROM vault_items "
+                                      "WHERE kind IN ('inst', 'vocal')")).all()
             audits = conn.execute(text("SELECT count(*) FROM audit_logs")).scalar_one()
         assert sorted(code for status, code in jobs if status == "rejected") == sorted(
             ["manifest_unreadable", "unknown_plan", "stem_missing", "audio_corrupt", "audio_empty",
@@ -47,6 +48,14 @@ def test_demo_runs_through_the_daemon_and_is_idempotent(tmp_path):
         assert len(stems) == 4 and all(duration > 30 for _, _, duration in stems)  # real, rendered chorales
         truth = sorted((home / "objects" / "groundtruth").glob("*.json"))
         assert len(truth) == 2
+
+        with engine.connect() as conn:
+            masters = conn.execute(text("SELECT lufs_out, true_peak_dbtp, params FROM masters")).all()
+            labelled = conn.execute(text("SELECT count(DISTINCT job_id) FROM labels")).scalar_one()
+            features = conn.execute(text("SELECT count(*) FROM features_store")).scalar_one()
+        assert len(masters) == 2 and labelled == 2 and features == 6  # the whole audio pipeline ran
+        assert all(tp <= -1.0 + 1e-6 and abs(lufs - params[3]) <= 0.5 for lufs, tp, params in masters)
+        assert "== Audio pipeline, per job ==" in first.stdout
 
         dagster = engine_for(with_database(start_embedded_postgres(home / "pg"), "dagster", "psycopg"))
         with dagster.connect() as conn:

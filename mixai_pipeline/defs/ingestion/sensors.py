@@ -13,6 +13,7 @@ from mixai_pipeline.resources import ObjectStoreResource
 from mixai_pipeline.resources.object_store import ObjectStore, ObjectStoreError, key_problem
 from mixai_pipeline.settings import BUSINESS_TIMEZONE
 
+
 def _manifest_problem(store: ObjectStore, key: str | None) -> str | None:
     if key is None:
         return "manifest.json missing (abandoned upload)"

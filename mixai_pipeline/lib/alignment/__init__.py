@@ -1,0 +1,1 @@
+"""Alignment of a vocal stem against its instrumental (draft)."""
