@@ -162,7 +162,7 @@ def test_dry_vocal_within_20_ms_or_declared_unknown(table):
         else:
             assert r.result.method == "onset_xcorr", r
             assert abs(r.error_ms) <= 20, r
-    # The guard must not simply give up: measured, all but 2 of these 21 are found.
+    # The guard must not simply give up: measured, 18 of these 21 are found (3 of bwv269 are not).
     assert sum(r.result.method == "onset_xcorr" for r in dry) >= 16
 
 
@@ -202,6 +202,14 @@ def test_three_second_stems(organ):
     assert bleed.method == "gcc_phat" and abs(bleed.offset_ms - 250) <= 1
 
 
+@pytest.mark.parametrize("n_inst, n_vocal", [(1, 1), (100, 100), (60 * SR, SR // 2), (SR // 2, 60 * SR)])
+def test_tiny_stems_give_a_shared_start(organ, n_inst, n_vocal):
+    inst, vocal = organ
+    result = al.align(inst[SR:SR + n_inst], vocal[SR:SR + n_vocal], SR)
+    assert (result.method, result.offset_ms, result.tempo_ratio) == ("assume_shared_start", 0.0, None)
+    assert result.confidence < 0.5
+
+
 @pytest.mark.parametrize("bleed_db", [None, -35.0])
 def test_vocal_longer_than_the_instrumental(organ, bleed_db):
     inst, vocal = organ
@@ -222,6 +230,12 @@ def test_mono_and_other_rates_give_the_same_answer(organ):
     assert stereo.as_dict() == mono.as_dict()
     assert at_48k.method == "gcc_phat" and abs(at_48k.offset_ms - stereo.offset_ms) <= 0.1
     assert abs(stereo.offset_ms + 250) <= 1
+
+
+def test_a_polarity_inverted_bleed_is_found(organ):
+    inst, vocal = (x[: 40 * SR] for x in organ)
+    result = al.align(inst, shift(vocal - inst * np.float32(10 ** (-35 / 20)), 1200), SR)
+    assert result.method == "gcc_phat" and abs(result.offset_ms - 1200) <= 1
 
 
 @pytest.mark.parametrize("case", ["nan-inst", "inf-vocal", "empty", "3d", "int16", "channels-first",
@@ -302,7 +316,7 @@ def test_chunked_downmix_and_resampling_equal_the_whole_signal(sr):
 def test_chunked_spectrogram_equals_one_stft():
     import librosa
 
-    y = np.random.default_rng(5).normal(0, 0.1, 16_000 * 200 + 77).astype(np.float32)
+    y = np.random.default_rng(5).normal(0, 0.1, 16_000 * 90 + 77).astype(np.float32)  # several chunks
     for n_fft, hop in [(al.ONSET_N_FFT, al.ONSET_HOP), (al.CHROMA_N_FFT, al.CHROMA_HOP)]:
         got = al._spectral_frames(y, n_fft, hop, n_fft // 2 + 1, lambda power: power)
         np.testing.assert_allclose(got, np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop)) ** 2,

@@ -10,6 +10,7 @@ starts later and is aligned by dropping its first ``offset_ms``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -18,59 +19,60 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d, uniform_filter1d
 from scipy.signal import correlate, correlation_lags, find_peaks, resample_poly
 
-# --- input -----------------------------------------------------------------------------------------
+# Thresholds: what each is and why is in the package docstring (numbered steps 0–4).
+# --- 0. input --------------------------------------------------------------------------------------
 ANALYSIS_SR = 16_000            # every analysis runs on a mono 16 kHz copy
-SILENCE_DBFS = -75.0            # a stem whose overall RMS is below this is silent
-MIN_OVERLAP_FRACTION = 0.5      # a candidate offset must overlap half of the shorter stem
+SILENCE_DBFS = -75.0            # RMS below this: a silent stem
+MIN_OVERLAP_FRACTION = 0.5      # a candidate lag must overlap half of the shorter stem
 STFT_CHUNK_VALUES = 1 << 21     # spectrograms are built this many STFT values (16 MB) at a time
-RESAMPLE_CHUNK_S = 30.0         # the downmix and resampling run this much input at a time
-RESAMPLE_PAD = 4096             # input samples of context on each side of a chunk
-MAX_CHANNELS = 64
-# --- GCC-PHAT --------------------------------------------------------------------------------------
-GCC_FMIN_HZ, GCC_FMAX_HZ = 150.0, 7_500.0
-GCC_BLOCK_S = 30.0
-GCC_PEAK_EXCLUDE_MS = 1.0
-GCC_PSR_ACCEPT_DB = 25.0
-GCC_PSR_FULL_DB = 35.0
-# --- onsets ----------------------------------------------------------------------------------------
+RESAMPLE_CHUNK_S = 30.0         # the downmix and resampling run this much input at a time...
+RESAMPLE_PAD = 4096             # ...with this many input samples of context on each side
+MAX_CHANNELS = 64               # more "channels" than this is a (channels, samples) array
+# --- 1. GCC-PHAT -----------------------------------------------------------------------------------
+GCC_FMIN_HZ, GCC_FMAX_HZ = 150.0, 7_500.0   # phase kept in this band
+GCC_BLOCK_S = 30.0              # cross-spectra summed over blocks of this length (bounded memory)
+GCC_PEAK_EXCLUDE_MS = 1.0       # the peak's own lobe, left out of the sidelobe statistics
+GCC_PSR_ACCEPT_DB = 25.0        # accepted from here (confidence 0.5)...
+GCC_PSR_FULL_DB = 35.0          # ...to confidence 1.0 here
+# --- 2. rhythm + harmony ---------------------------------------------------------------------------
 ONSET_N_FFT, ONSET_HOP = 1024, 160          # 64 ms windows, 100 frames/s
 ONSET_N_MELS = 64
 ONSET_FPS = ANALYSIS_SR / ONSET_HOP
-ATTACK_FMIN_HZ = 1000.0
-FINE_SEARCH_S = 0.04
-MIN_PEAK_SEPARATION_S = 0.15
-TEMPO_EXCERPT_S = 60.0
-BEAT_TOLERANCE = 0.15
-BEAT_AMBIGUITY_WARN = 0.65
-BEAT_AMBIGUITY_REJECT = 0.75
-ONSET_CONFIDENCE = (0.75, 0.55)
-ONSET_MIN_OVERLAP_S = 30.0
-# --- harmony ---------------------------------------------------------------------------------------
-CHROMA_N_FFT, CHROMA_HOP = 4096, 320        # 256 ms windows, 50 frames/s
+ATTACK_FMIN_HZ = 1000.0         # the attack band used to refine the lag
+FINE_SEARCH_S = 0.04            # the refined lag stays within this of the coarse one
+MIN_PEAK_SEPARATION_S = 0.15    # peaks closer than this (or half a beat) are one lobe
+TEMPO_EXCERPT_S = 60.0          # tempo is estimated on at most this much of the instrumental
+BEAT_TOLERANCE = 0.15           # "one beat away" = within ±15 % of the beat period
+BEAT_AMBIGUITY_WARN = 0.65      # a rival this close (× best) makes the answer ambiguous...
+BEAT_AMBIGUITY_REJECT = 0.75    # ...and this close, untrusted
+ONSET_CONFIDENCE = (0.75, 0.55)  # clear, ambiguous
+ONSET_MIN_OVERLAP_S = 30.0      # less overlapping music than this: untrusted
+CHROMA_N_FFT, CHROMA_HOP = 4096, 640        # 256 ms windows, 25 frames/s
 CHROMA_FPS = ANALYSIS_SR / CHROMA_HOP
-CHROMA_ACTIVE_DB = -40.0                    # frames this far below the stem's loud frames are rests
-CONSONANCE = np.array([1, -1, -1, 1, 1, 1, -1, 1, 1, 1, -1, -1], dtype=np.float32)  # by interval
-# --- drift (DTW) -----------------------------------------------------------------------------------
+CHROMA_ACTIVE_DB = -40.0        # frames this far below the stem's loud frames are rests
+CONSONANCE = np.array([1, -1, -1, 1, 1, 1, -1, 1, 1, 1, -1, -1], dtype=np.float32)  # by interval 0..11
+# --- 3. drift (DTW) --------------------------------------------------------------------------------
 DTW_FPS = 10.0
-CONTEXT_S = 6.0
+CONTEXT_S = 6.0                 # each DTW frame sees ±6 s of rhythm and harmony
 RHYTHM_FPS = 25.0
 RHYTHM_SMOOTH_MS = 40.0
 HARMONY_FPS = 5.0
-CONTEXT_ACTIVE_FRACTION = 0.1
-MAX_DRIFT = 0.01
+CONTEXT_ACTIVE_FRACTION = 0.1   # contexts weaker than this × the 90th percentile are silent
+MAX_DRIFT = 0.01                # the band allows 1 % drift; more is not reported
 DTW_SLACK_S = 0.5
 OFFSET_UNCERTAINTY_S = {"gcc_phat": 0.01, "onset_xcorr": 0.1}  # assume_shared_start: max_offset_s
-MIN_DRIFT_SPAN_S = 10.0
-DRIFT_FIT_POINTS = 1000
-DRIFT_INLIER_FRAMES = 1.5
-REFINE_STEP_S = 1.0
-REFINE_WINDOW_S = 3.0
-REFINE_SEARCH_S = 0.2
+MIN_DRIFT_SPAN_S = 10.0         # no tempo ratio from less path than this
+DRIFT_FIT_POINTS = 1000         # the repeated-medians line is fitted on at most this many points
+DRIFT_INLIER_FRAMES = 1.5       # path cells this close to it are inliers (a beat slip is not)
+REFINE_STEP_S = 1.0             # the path is refined every second...
+REFINE_WINDOW_S = 3.0           # ...by a local onset correlation over ±3 s...
+REFINE_SEARCH_S = 0.2           # ...within ±200 ms...
 REFINE_SMOOTH_MS = 20.0
-REFINE_MIN_CORR = 0.3
-DRIFT_INLIER_S = 0.03
-DRIFT_MIN_INLIERS = 0.5
-DRIFT_REESTIMATE_MS = 20.0
+REFINE_MIN_CORR = 0.3           # ...kept when it peaks at least this high
+DRIFT_INLIER_S = 0.03           # refined points this close to the final line are inliers
+DRIFT_MIN_INLIERS = 0.5         # a path less on its line than this gives no tempo ratio
+DRIFT_REESTIMATE_MS = 20.0      # drift accumulating this much: the offset is measured again
+# --- 4. nothing confident --------------------------------------------------------------------------
 ASSUMED_CONFIDENCE = 0.1
 
 METHODS = ("gcc_phat", "onset_xcorr", "assume_shared_start")
@@ -610,10 +612,10 @@ def drift(inst: StemFeatures, vocal: StemFeatures, offset_s: float,
           uncertainty_s: float) -> tuple[float | None, tuple[float, float] | None]:
     """(normalised DTW cost, (tempo ratio, inlier fraction)) of the instrumental against the
     offset-corrected vocal."""
+    if min(len(inst.onset) / ONSET_FPS, len(vocal.onset) / ONSET_FPS - offset_s) * DTW_FPS < 2:
+        return None, None  # not two DTW frames of overlap
     xi, ai = dtw_features(inst, instrumental=True)
     xv, av = dtw_features(vocal, start_s=offset_s, instrumental=False)
-    if len(xi) == 0 or len(xv) == 0:
-        return None, None
     span_s = max(len(xi), len(xv)) / DTW_FPS
     radius = math.ceil((uncertainty_s + DTW_SLACK_S + MAX_DRIFT * span_s) * DTW_FPS)
     path, cost = banded_dtw(xi, xv, radius, active_x=ai, active_y=av)
@@ -682,14 +684,13 @@ def align(inst: np.ndarray, vocal: np.ndarray, sr: int, *, max_offset_s: float =
 
     ``inst`` and ``vocal``: float ``(samples,)`` or ``(samples, channels)`` at ``sr``, any lengths.
     Raises ValueError for NaN/inf samples, empty or mis-shaped input, or bad parameters."""
-    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or sr <= 0:
+    if isinstance(sr, bool) or not isinstance(sr, numbers.Integral) or sr <= 0:
         raise ValueError(f"sr must be a positive integer, got {sr!r}")
-    if isinstance(max_offset_s, bool) or not isinstance(max_offset_s, (int, float)) \
-            or not math.isfinite(max_offset_s) or max_offset_s <= 0:
-        raise ValueError(f"max_offset_s must be a positive number, got {max_offset_s!r}")
-    if bpm_hint is not None and not (isinstance(bpm_hint, (int, float)) and math.isfinite(bpm_hint)
-                                     and bpm_hint > 0):
-        raise ValueError(f"bpm_hint must be a positive number, got {bpm_hint!r}")
+    for name, value, optional in (("max_offset_s", max_offset_s, False), ("bpm_hint", bpm_hint, True)):
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
     inst16, vocal16 = to_analysis_mono(inst, sr, "inst"), to_analysis_mono(vocal, sr, "vocal")
     if _is_silent(inst16) or _is_silent(vocal16):
         return AlignmentResult(0.0, "assume_shared_start", 0.0)
@@ -698,13 +699,9 @@ def align(inst: np.ndarray, vocal: np.ndarray, sr: int, *, max_offset_s: float =
     hinted = bpm_hint is not None
     est = _estimate_offset(inst_f, vocal_f, max_offset_s, beat_s, hinted)
     cost, fit = drift(inst_f, vocal_f, est.offset_s, OFFSET_UNCERTAINTY_S.get(est.method, max_offset_s))
-    ratio = None
-    if fit is not None:
-        stats_fit = {"drift_inliers": fit[1]}
-        if fit[1] >= DRIFT_MIN_INLIERS and abs(fit[0] - 1) <= MAX_DRIFT:
-            ratio = fit[0]
-    else:
-        stats_fit = {}
+    ratio, inliers = fit if fit is not None else (None, None)
+    if ratio is not None and (inliers < DRIFT_MIN_INLIERS or abs(ratio - 1) > MAX_DRIFT):
+        ratio = None  # the path does not follow one line, or not one the band allows: no drift claimed
     if est.method != "gcc_phat" and ratio is not None \
             and abs(ratio - 1) * len(inst16) / ANALYSIS_SR * 1000 >= DRIFT_REESTIMATE_MS:
         # The offset estimators assume no drift (with drift they find the lag somewhere mid-file):
@@ -716,8 +713,7 @@ def align(inst: np.ndarray, vocal: np.ndarray, sr: int, *, max_offset_s: float =
     stats = dict(est.stats)
     if beat_s is not None:
         stats["beat_period_ms"] = beat_s * 1000
-    stats["dtw_cost"] = cost
-    stats.update(stats_fit)
+    stats.update(dtw_cost=cost, drift_inliers=inliers)
     if ratio is not None:
         stats.update(tempo_ratio=ratio, drift_ms_per_min=(ratio - 1) * 60_000)
     return AlignmentResult(float(est.offset_s * 1000), est.method, float(est.confidence), **stats)
