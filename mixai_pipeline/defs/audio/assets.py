@@ -4,6 +4,7 @@ A job whose input is bad fails that stage with a reason (``jobs.status = 'failed
 
 import os
 import statistics
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -87,12 +88,9 @@ def aligned_stems(context: dg.AssetExecutionContext, config: StageConfig, databa
     else "assume a shared start". One ``alignments`` row per job with every statistic."""
     results, failures = run_stage(context, "aligned_stems", config, database, object_store, stages.align_stage,
                                   lambda conn, r: records.record_alignment(conn, r.job_id, r.data))
-    methods = {}
-    for r in results:
-        methods[r.data["method"]] = methods.get(r.data["method"], 0) + 1
     return dg.MaterializeResult(metadata={
         "aligned": len(results), "failed": len(failures), "failures": failures_md(failures),
-        "methods": dg.MetadataValue.json(methods),
+        "methods": dg.MetadataValue.json(dict(Counter(r.data["method"] for r in results))),
         "confidence": dg.MetadataValue.json(summary([r.data["confidence"] for r in results])),
         "offset_ms": dg.MetadataValue.json(summary([r.data["offset_ms"] for r in results])),
     })
@@ -107,12 +105,9 @@ def mixes(context: dg.AssetExecutionContext, config: StageConfig, database: Data
     results, failures = run_stage(
         context, "mixes", config, database, object_store, stages.mix_stage,
         lambda conn, r: records.record_mix(conn, r.job_id, r.data, r.objects[0].path), needs="aligned_stems")
-    presets = {}
-    for r in results:
-        presets[r.data["preset"]] = presets.get(r.data["preset"], 0) + 1
     return dg.MaterializeResult(metadata={
         "mixed": len(results), "failed": len(failures), "failures": failures_md(failures),
-        "presets": dg.MetadataValue.json(presets),
+        "presets": dg.MetadataValue.json(dict(Counter(r.data["preset"] for r in results))),
     })
 
 
