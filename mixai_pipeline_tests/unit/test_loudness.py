@@ -69,6 +69,57 @@ def test_loudness_range_of_a_two_level_signal():
     assert abs(loudness.loudness_range(stereo((-20.0, 20.0), (-30.0, 20.0)), SR) - 10.0) <= 1.0
 
 
+# EBU Tech 3341 (2016) true-peak cases 15-19: stereo 48 kHz sines (frequency, amplitude, phase of the first
+# sample); the expected true peak is the sine's amplitude, tolerance +0.2/-0.4 dB. The signals get 10 ms
+# raised-cosine fades: a sine switched on at full level is a step whose band-limited reconstruction really
+# does overshoot (by up to 0.75 dB here), which is not what these cases test.
+TECH_3341_TRUE_PEAK_SINES = {
+    15: (SR / 4, 0.50, 0.0, -6.0),
+    16: (SR / 4, 0.50, 45.0, -6.0),
+    17: (SR / 6, 0.50, 60.0, -6.0),
+    18: (SR / 8, 0.50, 67.5, -6.0),
+    19: (SR / 4, 1.41, 45.0, 3.0),  # samples at ±1.0 (0 dBFS) while the waveform reaches +3 dBTP
+}
+
+
+def within_true_peak_tolerance(measured: float, expected: float) -> bool:
+    return -0.4 <= measured - expected <= 0.2
+
+
+@pytest.mark.parametrize("case", sorted(TECH_3341_TRUE_PEAK_SINES))
+def test_tech_3341_true_peak_sines(case):
+    freq, amplitude, phase_deg, expected = TECH_3341_TRUE_PEAK_SINES[case]
+    t = np.arange(SR) / SR
+    ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(SR // 100) / (SR // 100))
+    fades = np.concatenate([ramp, np.ones(t.size - 2 * ramp.size), ramp[::-1]])
+    mono = amplitude * np.cos(2 * np.pi * freq * t + np.radians(phase_deg)) * fades
+    measured = loudness.true_peak_dbtp(np.stack([mono, mono], axis=1), SR)
+    assert within_true_peak_tolerance(measured, expected), measured
+
+
+def band_limited_peak(fraction: float, bandwidth: float = 0.9) -> np.ndarray:
+    """A Kaiser-windowed sinc pulse whose continuous peak (1.0, 0 dBTP) lies ``fraction`` of a sample after a
+    sample instant; the samples alone under-read it (by ~3 dB at half a sample). Band-limited to 0.9 of
+    Nyquist (21.6 kHz) like any programme at 48 kHz: a full-band pulse under-reads by 0.5 dB at 4x."""
+    n = np.arange(SR) - SR // 2
+    width = 64
+    pulse = np.zeros(n.size)
+    core = np.abs(n) <= width
+    window = np.interp(n[core] - fraction, np.arange(-width, width + 1), np.kaiser(2 * width + 1, 8.0))
+    pulse[core] = np.sinc(bandwidth * (n[core] - fraction)) * window
+    return pulse
+
+
+@pytest.mark.parametrize("case, offset", [(20, 0), (21, 1), (22, 2), (23, 3)])
+def test_tech_3341_inter_sample_peaks(case, offset):
+    # Cases 20-23: a 0 dBTP peak at sub-sample offsets 0, 1/4, 2/4 and 3/4 of a sample period.
+    pulse = band_limited_peak(offset / 4)
+    measured = loudness.true_peak_dbtp(np.stack([pulse, pulse], axis=1), SR)
+    assert within_true_peak_tolerance(measured, 0.0), measured
+    if offset == 2:
+        assert loudness.sample_peak_dbfs(pulse) < -2.5  # what a sample-peak meter would have reported
+
+
 def test_true_peak_finds_inter_sample_peaks():
     # A sine at fs/4 sampled 45° off its peaks: samples reach 0.707 of the true peak (-3 dB).
     t = np.arange(SR) / SR
