@@ -1,17 +1,25 @@
-"""Run every benchmark and print one JSON document: ``python -m mixai_pipeline_tests.benchmarks``."""
+"""Run the benchmarks and print one JSON document: ``python -m mixai_pipeline_tests.benchmarks [name ...]``
+(names: ingestion, features, pipeline; default all)."""
 
 import json
 import sys
 
-from mixai_pipeline_tests.benchmarks import bench_features, bench_ingestion
+from mixai_pipeline_tests.benchmarks import bench_features, bench_ingestion, bench_pipeline
+
+BENCHMARKS = {"ingestion": bench_ingestion.run, "features": bench_features.run, "pipeline": bench_pipeline.run}
 
 
-def main() -> int:
-    results = {"ingestion": bench_ingestion.run(), "features": bench_features.run()}
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHMARKS)
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    results = {name: BENCHMARKS[name]() for name in names}
     json.dump(results, sys.stdout, indent=2)
     print()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -13,42 +13,23 @@ Medians of repeated runs; seconds are wall-clock on whatever machine runs it.
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import tempfile
-import time
 import uuid
 from datetime import date, datetime, timezone
 from pathlib import Path
-
-import psycopg
-from psycopg import sql
 
 from mixai_pipeline import settings
 from mixai_pipeline.lib.ingestion.audio_probe import probe_stem
 from mixai_pipeline.lib.ingestion.inbox import INBOX_PREFIX, InboxCursor, group_uploads
 from mixai_pipeline.lib.ingestion.registration import register_day
-from mixai_pipeline.resources import migrations
 from mixai_pipeline.resources.database import engine_for
-from mixai_pipeline.resources.embedded_postgres import (
-    start_embedded_postgres,
-    stop_embedded_postgres,
-    with_database,
-)
 from mixai_pipeline.resources.object_store import LocalObjectStore
+from mixai_pipeline_tests.benchmarks.common import embedded_postgres, fresh_database, median_time
 from mixai_pipeline_tests.conftest import write_upload
 
 UPLOADS = 16
 REPEATS = 3
-
-
-def _median_time(fn, repeats: int = REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _stem(path: Path, seconds: float = 60.0) -> bytes:
@@ -57,30 +38,12 @@ def _stem(path: Path, seconds: float = 60.0) -> bytes:
     return path.read_bytes()
 
 
-def _fresh_db(admin_uri: str, template: str) -> str:
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_uri, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
-    return with_database(admin_uri, name, "psycopg")
-
-
 def run() -> dict:
-    with tempfile.TemporaryDirectory(prefix="mixai-bench-") as tmp:
-        tmp = Path(tmp)
-        admin_uri = start_embedded_postgres(tmp / "pg")
-        try:
-            return _run(tmp, admin_uri)
-        finally:
-            stop_embedded_postgres(tmp / "pg")
+    with tempfile.TemporaryDirectory(prefix="mixai-bench-") as tmp, embedded_postgres(Path(tmp) / "pg") as admin_uri:
+        return _run(Path(tmp), admin_uri)
 
 
 def _run(tmp: Path, admin_uri: str) -> dict:
-    with psycopg.connect(admin_uri, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE bench_template")
-    template_url = with_database(admin_uri, "bench_template", "psycopg")
-    migrations.upgrade(engine_for(template_url), settings.SQL_DIR)
-    engine_for(template_url).dispose()
-
     store = LocalObjectStore(tmp / "objects")
     wav = _stem(tmp / "stem.wav")
     for _ in range(UPLOADS):
@@ -90,19 +53,19 @@ def _run(tmp: Path, admin_uri: str) -> dict:
 
     def register(workers: int):
         def once():
-            url = _fresh_db(admin_uri, "bench_template")
+            url = fresh_database(admin_uri)
             report = register_day(store, engine_for(url), uploads, day, actor="bench", max_workers=workers)
             assert len(report.accepted) == UPLOADS, report.errors
             engine_for(url).dispose()
         return once
 
     workers = os.cpu_count() or 2
-    pool_s = _median_time(register(workers))
-    serial_s = _median_time(register(1))
+    pool_s = median_time(register(workers), REPEATS)
+    serial_s = median_time(register(1), REPEATS)
 
     stem_path = tmp / "stem.wav"
-    full_probe_s = _median_time(lambda: probe_stem(stem_path, "stem.wav", "wav"), 5)
-    header_probe_s = _median_time(lambda: subprocess.run(
+    full_probe_s = median_time(lambda: probe_stem(stem_path, "stem.wav", "wav"), 5)
+    header_probe_s = median_time(lambda: subprocess.run(
         ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(stem_path)],
         check=True, capture_output=True), 5)
 
@@ -113,11 +76,11 @@ def _run(tmp: Path, admin_uri: str) -> dict:
         for name in ("inst.wav", "vocal.wav", "manifest.json"):
             (prefix / name).write_bytes(b"x")
     now = datetime.now(timezone.utc)
-    tick_s = _median_time(lambda: InboxCursor().advance(
-        group_uploads(inbox.list(INBOX_PREFIX)).values(), now, settings.BUSINESS_TIMEZONE))
+    tick_s = median_time(lambda: InboxCursor().advance(
+        group_uploads(inbox.list(INBOX_PREFIX)).values(), now, settings.BUSINESS_TIMEZONE), REPEATS)
     # The least any listing with modification times does: walk the tree and stat every file.
-    walk_s = _median_time(lambda: [os.stat(os.path.join(d, f)) for d, _, files in os.walk(inbox.root / "uploads")
-                                   for f in files])
+    walk_s = median_time(lambda: [os.stat(os.path.join(d, f)) for d, _, files in os.walk(inbox.root / "uploads")
+                                   for f in files], REPEATS)
 
     return {
         "registration": {
