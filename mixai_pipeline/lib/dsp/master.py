@@ -153,23 +153,29 @@ def _tonal_deviations(audio: np.ndarray, sr: float) -> tuple[float, float]:
     return deviations[0], deviations[1]
 
 
-def estimate_master_params(x: np.ndarray, sr: float, plan: str) -> MasterParams:
-    """Rule-based parameters for ``master`` (the rules and their constants are in the module docstring)."""
+def estimate_master_params(x: np.ndarray, sr: float, plan: str, *,
+                           stats: loudness.LoudnessStats | None = None) -> MasterParams:
+    """Rule-based parameters for ``master`` (the rules and their constants are in the module docstring).
+    ``stats`` may pass ``input_stats(x, sr)`` when the caller has it (``master`` needs it too)."""
     if plan not in PLAN_TARGET_LUFS:
         raise ValueError(f"unknown plan {plan!r} (expected one of {', '.join(PLAN_TARGET_LUFS)})")
     audio = _checked_audio(x)
     low_dev, high_dev = _tonal_deviations(audio, sr) if audio.shape[0] else (0.0, 0.0)
-    lufs = loudness.integrated_loudness(audio, sr)
+    stats = input_stats(audio, sr) if stats is None else stats
     comp = 0.0
-    if math.isfinite(lufs):
-        plr = dynamics.true_peak_all_channels_dbtp(audio, sr) - lufs
-        comp = min(max(COMP_PER_PLR_DB * (plr - DENSE_PLR_DB), 0.0), MAX_COMP_DB)
+    if math.isfinite(stats.integrated_lufs):
+        comp = min(max(COMP_PER_PLR_DB * (stats.plr_db - DENSE_PLR_DB), 0.0), MAX_COMP_DB)
     return MasterParams(low_shelf_db=round(_shelf_from_deviation(low_dev), 1),
                         high_shelf_db=round(_shelf_from_deviation(high_dev), 1),
                         comp_db=round(comp, 1), target_lufs=PLAN_TARGET_LUFS[plan])
 
 
 # ----------------------------------------------------------------------------------------------- chain
+
+def input_stats(x: np.ndarray, sr: float) -> loudness.LoudnessStats:
+    """What ``estimate_master_params`` and ``master`` measure on their input, computed once for both."""
+    return _stats(_checked_audio(x), sr)
+
 
 def _stats(audio: np.ndarray, sr: float, *, weighted: np.ndarray | None = None,
            true_peak: float | None = None) -> loudness.LoudnessStats:
@@ -253,7 +259,8 @@ def _unmeasurable(audio: np.ndarray, sr: float, before: loudness.LoudnessStats,
     return output, report
 
 
-def master(x: np.ndarray, sr: float, params: MasterParams) -> tuple[np.ndarray, dict]:
+def master(x: np.ndarray, sr: float, params: MasterParams, *,
+           stats: loudness.LoudnessStats | None = None) -> tuple[np.ndarray, dict]:
     """Master ``x`` (``(samples,)`` or ``(samples, channels)`` float) with ``params``; returns the output
     (float64, same shape) and a JSON-safe report (non-finite numbers are None). NaN/inf samples are a
     ValueError.
@@ -264,10 +271,10 @@ def master(x: np.ndarray, sr: float, params: MasterParams) -> tuple[np.ndarray, 
     ``applied_gain_db``; ``compressor_threshold_db`` (None when not compressing) and
     ``compressor_gain_reduction_db`` (mean); ``limiter_peak_reduction_db`` (off the highest peak);
     ``loudness_rounds`` (limiter previews + verified passes); ``target_reached``; ``silent``; ``note``
-    (None, or why the target was not reached).
+    (None, or why the target was not reached). ``stats`` may pass ``input_stats(x, sr)``.
     """
     audio = _checked_audio(x)
-    before = _stats(audio, sr)
+    before = _stats(audio, sr) if stats is None else stats
     report: dict = {
         "target_lufs": params.target_lufs,
         "ceiling_dbtp": CEILING_DBTP,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mixai_pipeline.lib.audio.io import decode, write_wav
+from mixai_pipeline.lib.audio.io import decode, resample, write_wav
 from mixai_pipeline.lib.ingestion.manifest import RejectError
 from mixai_pipeline.resources.object_store import ObjectNotFound, ObjectStore
 
@@ -116,11 +116,12 @@ def mix_stage(store: ObjectStore, job: JobInput) -> StageResult:
 
 
 def master_stage(store: ObjectStore, job: JobInput) -> StageResult:
-    from mixai_pipeline.lib.dsp.master import estimate_master_params, master
+    from mixai_pipeline.lib.dsp.master import estimate_master_params, input_stats, master
 
     mixed, sr = load(store, f"derived/{job.job_id}/mix.wav")
-    params = estimate_master_params(mixed, sr, job.plan)
-    mastered, report = master(mixed, sr, params)
+    stats = input_stats(mixed, sr)
+    params = estimate_master_params(mixed, sr, job.plan, stats=stats)
+    mastered, report = master(mixed, sr, params, stats=stats)
     with tempfile.TemporaryDirectory(prefix="mixai-master-") as tmp:
         out = write_wav(Path(tmp) / "master.wav", mastered, sr)
         objects = _upload(store, [StoredObject("master", f"derived/{job.job_id}/master.wav", None, out,
@@ -138,7 +139,7 @@ def preview_stage(store: ObjectStore, job: JobInput) -> StageResult:
     with tempfile.TemporaryDirectory(prefix="mixai-preview-") as tmp:
         for clip, key in sources.items():
             mono, sr = load(store, key, mono=True)
-            analysis, _ = load(store, key, sr=ANALYSIS_SR, mono=True)
+            analysis = resample(mono, sr, ANALYSIS_SR)
             excerpt = pv.representative_excerpt(analysis[:, 0], ANALYSIS_SR)
             segment = pv.fade(mono[int(excerpt.start_s * sr): int(excerpt.end_s * sr), 0], sr)
             base = f"previews/{job.job_id}/{clip}"
