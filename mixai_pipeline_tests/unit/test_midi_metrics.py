@@ -437,3 +437,15 @@ def test_groove_midi_jazz_swings_and_rock_is_straight():
     # The product's ratio cannot tell them apart: both sit near 1.
     assert abs(jazz["swing_ratio_product"].median() - rock["swing_ratio_product"].median()) < 0.15
     assert 15 < rock["microtiming_rms_16th_ms"].median() < 45
+
+
+def test_a_downbeat_played_early_stays_in_bar_zero():
+    # Stage 1 keeps a hit played just before the first bar line at a negative onset (the drummer's timing).
+    on_time = make_loop([0, 240, 480, 720] * 1 + [960, 1200, 1440, 1680], length=BAR)
+    early = make_loop([-30, 240, 480, 720, 960, 1200, 1440, 1680], length=BAR)
+    events = canonical_events(early, loop_metrics(early))
+    CANONICAL_EVENTS_SCHEMA.validate(events)
+    assert events["bar_index"].tolist()[0] == 0 and events["beat_index"].tolist()[0] == 0
+    assert events["beat_frac"].tolist()[0] == 0.0 and events["microtiming_offset"].tolist()[0] == -30.0
+    # no extra repetition segment before the loop starts
+    assert loop_metrics(early)["variation_factor"] == loop_metrics(on_time)["variation_factor"]

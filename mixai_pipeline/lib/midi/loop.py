@@ -16,7 +16,7 @@ import numpy as np
 class Loop:
     loop_id: str
     ticks_per_beat: int
-    onset: np.ndarray  # int64 ticks from the loop start
+    onset: np.ndarray  # int64 ticks from the loop start; a hit played just before the first bar line is < 0
     duration: np.ndarray  # int64 ticks; zero-length hits are real notes and are kept
     pitch: np.ndarray  # int16
     velocity: np.ndarray  # int16

@@ -254,6 +254,7 @@ def _repetition(onset: np.ndarray, category: np.ndarray, iois: np.ndarray, base_
     if math.isnan(base_step):
         return {"variation_factor": _NAN, "repeat_rate": _NAN, "breakpoint_count": _NAN}
     segment_ticks = SEGMENT_STEPS * base_step
+    onset = np.maximum(onset, 0)  # a downbeat played early (Stage 1 keeps it, just before 0) opens segment 0
     segment = np.floor(onset / segment_ticks).astype(np.int64)
     position_milli = np.rint(np.round((onset - segment * segment_ticks) / base_step, 3) * 1000).astype(np.int64)
     key = position_milli * len(CATEGORIES) + category
@@ -367,7 +368,9 @@ def _event_columns(loop: Loop, base_step: float | None, pitch_map: str, grid: st
     step_index = np.rint(onset / grid_ticks)
     grid_onset = step_index * grid_ticks
     beat_ticks = tpb * 4 / loop.time_signature[1]
-    bar_index, in_bar = np.divmod(onset, loop.ticks_per_bar)
+    # A downbeat played a few ticks early (a negative onset Stage 1 keeps, to keep the drummer's timing) is
+    # placed at bar 0, beat 0; microtiming_offset still holds the deviation.
+    bar_index, in_bar = np.divmod(np.maximum(onset, 0), loop.ticks_per_bar)
     beat_index, in_beat = np.divmod(in_bar, beat_ticks)
     buckets = np.full(n, len(IOI_BUCKETS) - 1)
     buckets[:-1] = ioi_buckets(np.diff(onset), tpb)
@@ -486,7 +489,7 @@ CANONICAL_EVENTS_SCHEMA = pa.DataFrameSchema(
         "beat_index": pa.Column(np.int64, pa.Check.ge(0)),
         "beat_frac": pa.Column(float, [pa.Check.ge(0.0), pa.Check.lt(1.0)]),
         "grid_onset": pa.Column(float, pa.Check(_finite, name="finite")),
-        "onset_ticks": pa.Column(np.int64, pa.Check.ge(0)),
+        "onset_ticks": pa.Column(np.int64),  # < 0 for a downbeat played just before the loop's first bar line
         "duration_ticks": pa.Column(np.int64, pa.Check.ge(0)),  # zero-length hits are real notes
         "channel": pa.Column(np.int16, pa.Check.in_range(0, 15)),
         "program": pa.Column(np.int16, pa.Check.in_range(0, 127)),
