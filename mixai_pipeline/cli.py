@@ -6,6 +6,8 @@
     mixai demo-data         write the demo uploads into the inbox
     mixai demo              the main job end to end (what `make demo` runs)
     mixai dev               Dagster UI + daemon on 127.0.0.1 (what `make dev` runs)
+    mixai midi import-pack PATH [--name NAME] [--metadata CSV]
+                            upload a folder of MIDI loops and its metadata CSV as a pack
 """
 
 from __future__ import annotations
@@ -64,6 +66,31 @@ def _dev(args: argparse.Namespace) -> int:
     os.execv(dagster, command)
 
 
+def _midi_import_pack(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mixai_pipeline.definitions import object_store_resource
+    from mixai_pipeline.lib.midi.packs import PackError, import_pack
+
+    folder = Path(args.path)
+    name = args.name or folder.resolve().name
+    try:
+        report = import_pack(object_store_resource().get_store(), folder, name,
+                             metadata=Path(args.metadata) if args.metadata else None,
+                             progress=lambda done, total: print(f"\r{done}/{total} files", end="", flush=True)
+                             if done % 100 == 0 or done == total else None)
+    except PackError as err:
+        print(f"mixai midi import-pack: {err}", file=sys.stderr)
+        return 2
+    print(f"\npack {report['pack_id']!r}: {report['files']} files ({report['bytes'] / 1e6:.1f} MB), "
+          f"{report['metadata_rows']} metadata rows; new_midi_packs_sensor picks it up")
+    for relative, problem in report["refused"]:
+        print(f"  not uploaded: {relative!r}: {problem}")
+    if report["without_metadata"]:
+        print(f"  {len(report['without_metadata'])} files have no metadata row (Stage 1 will reject them)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mixai", description="Operator commands of the MIXAI data platform.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(handler=_dev)
+
+    midi = sub.add_parser("midi", help="MIDI loop packs").add_subparsers(dest="midi_command", required=True)
+    pack = midi.add_parser("import-pack", help="upload a folder of MIDI files and its metadata CSV as a pack")
+    pack.add_argument("path", help="folder with .mid/.midi files (sub-folders kept) and metadata.csv or info.csv")
+    pack.add_argument("--name", help="pack name (default: the folder's name)")
+    pack.add_argument("--metadata", help="the metadata CSV, when it is not in the folder")
+    pack.set_defaults(handler=_midi_import_pack)
 
     args = parser.parse_args(argv)
     return args.handler(args)

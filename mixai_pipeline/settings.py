@@ -25,6 +25,7 @@ ENV_S3_ACCESS_KEY = "MIXAI_S3_ACCESS_KEY"
 ENV_S3_SECRET_KEY = "MIXAI_S3_SECRET_KEY"
 ENV_S3_SECURE = "MIXAI_S3_SECURE"
 ENV_MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_SHARED_DATA = "MIXAI_SHARED_DATA"  # the shared datasets (Groove MIDI, JSB chorales); never copied in
 
 BUSINESS_TIMEZONE = "Asia/Tokyo"
 
@@ -50,3 +51,16 @@ def default_mlflow_artifacts_dir() -> Path:
 
 def dagster_home() -> Path:
     return state_dir() / "dagster"
+
+
+def shared_data_dir() -> Path:
+    """The team's shared datasets: ``MIXAI_SHARED_DATA``, else ``../shared/data`` beside the checkout, else
+    ``/work/shared/data``. Tests and the demo skip what needs them, saying so, when none exists."""
+    if os.environ.get(ENV_SHARED_DATA):
+        return Path(os.environ[ENV_SHARED_DATA])
+    beside = PROJECT_ROOT.parent / "shared" / "data"
+    return beside if beside.is_dir() else Path("/work/shared/data")
+
+
+def groove_midi_dir() -> Path:
+    return shared_data_dir() / "groove-midi"

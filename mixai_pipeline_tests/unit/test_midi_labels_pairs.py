@@ -1,6 +1,5 @@
 """Loop labels (tempo, meter, genre taxonomy, key, swing, style tags, emotion) and similarity pairs."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,10 +7,11 @@ import pandera.errors
 import pytest
 import yaml
 
+from mixai_pipeline import settings
 from mixai_pipeline.lib.midi import labels, pairs
 from mixai_pipeline.lib.midi.loop import Loop
 
-GROOVE_INFO = Path("/work/shared/data/groove-midi/info.csv")
+GROOVE_INFO = settings.groove_midi_dir() / "info.csv"
 TPB = 480
 BAR = 4 * TPB  # ticks per 4/4 bar
 

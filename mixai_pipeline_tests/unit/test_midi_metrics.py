@@ -6,13 +6,13 @@ import hashlib
 import json
 import math
 import statistics
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pandera.errors
 import pytest
 
+from mixai_pipeline import settings
 from mixai_pipeline.lib.midi.loop import Loop
 from mixai_pipeline.lib.midi.metrics import (
     CANONICAL_EVENTS_SCHEMA,
@@ -28,7 +28,7 @@ TPB = 480
 BAR = 4 * TPB
 MS_PER_TICK_120 = 60000 / (120 * TPB)
 KICK, SNARE, CLOSED, PEDAL, OPEN, TOM, RIDE = 36, 38, 42, 44, 46, 45, 51
-GROOVE_MIDI = Path("/work/shared/data/groove-midi")
+GROOVE_MIDI = settings.groove_midi_dir()
 
 
 def make_loop(onsets, pitches=CLOSED, velocities=80, *, durations=60, channels=9, length=BAR, tpb=TPB,

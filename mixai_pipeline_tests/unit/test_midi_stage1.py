@@ -9,12 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 import symusic
 
+from mixai_pipeline import settings
 from mixai_pipeline.lib.midi import dedupe, stage1
 from mixai_pipeline.lib.midi.categories import CATEGORY_INDEX
 from mixai_pipeline.lib.midi.loop import Loop
@@ -23,7 +23,7 @@ from mixai_pipeline.lib.midi.stage1 import MidiReject, PackMetadataError, parse_
 TPB = 480
 BAR = 4 * TPB  # 4/4
 KICK, SNARE, HAT, OPEN_HAT = 36, 38, 42, 46
-GROOVE_MIDI = Path("/work/shared/data/groove-midi")
+GROOVE_MIDI = settings.groove_midi_dir()
 
 
 # ------------------------------------------------------------------------------------------ builders
@@ -455,7 +455,7 @@ def test_blocked_clusters_match_a_dense_reference():
 
 
 @pytest.mark.skipif(not (GROOVE_MIDI / "info.csv").exists(),
-                    reason="Groove MIDI Dataset not present at /work/shared/data/groove-midi")
+                    reason=f"Groove MIDI Dataset not present at {GROOVE_MIDI} (set MIXAI_SHARED_DATA)")
 def test_twenty_real_groove_midi_files():
     metadata = stage1.read_pack_metadata((GROOVE_MIDI / "info.csv").read_bytes())
     beats = sorted(path for path, row in metadata.items() if row["beat_type"] == "beat")
