@@ -50,7 +50,7 @@ def _demo_data(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from mixai_pipeline.demo import run_demo
 
-    return run_demo(timeout_s=args.timeout, count=args.count)
+    return run_demo(timeout_s=args.timeout, count=args.count, midi=not args.no_midi)
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the main job end to end on the embedded defaults")
     demo.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the runs")
     demo.add_argument("--count", type=int, default=None, help="rendered good uploads (default: all 8)")
+    demo.add_argument("--no-midi", action="store_true", help="leave out the Groove MIDI loop pack")
     demo.set_defaults(handler=_demo)
 
     dev = sub.add_parser("dev", help="Dagster UI and daemon on 127.0.0.1")

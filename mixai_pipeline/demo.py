@@ -1,8 +1,9 @@
-"""``make demo``: the ingestion slice end to end, the way a deployment runs it.
+"""``make demo``: the platform end to end, the way a deployment runs it.
 
-Writes the demo inbox, starts ``dagster-daemon`` against the project's instance (PostgreSQL storage),
-lets ``new_uploads_sensor`` tick and launch its runs, waits for them, stops the daemon and prints
-what the runs produced. The runs stay in the instance: ``make dev`` shows them in the UI.
+Writes the demo inbox (rendered uploads) and imports the Groove MIDI pack (when the shared data is
+there), starts ``dagster-daemon`` against the project's instance (PostgreSQL storage), lets
+``new_uploads_sensor`` and ``new_midi_packs_sensor`` tick and launch their runs, waits for them, stops
+the daemon and prints what the runs produced. The runs stay in the instance: ``make dev`` shows them.
 """
 
 from __future__ import annotations
@@ -19,38 +20,43 @@ from sqlalchemy import text
 from mixai_pipeline import settings
 
 SENSOR_NAME = "new_uploads_sensor"
+MIDI_SENSOR_NAME = "new_midi_packs_sensor"
+DEMO_PACK = "groove-midi"
 
 
-def _sensor_ticks_after(instance, started: float) -> list:
+def _sensor_ticks_after(instance, started: float, sensor: str) -> list:
     from dagster._core.scheduler.instigation import InstigatorType as Kind
 
     ticks = []
     for state in instance.all_instigator_state(instigator_type=Kind.SENSOR):
-        if state.instigator_name == SENSOR_NAME:
+        if state.instigator_name == sensor:
             ticks += instance.get_ticks(state.instigator_origin_id, state.selector_id, after=started)
     return [t for t in ticks if t.is_completed]
 
 
-def run_sensor_tick_and_wait(started: float, timeout_s: float, log=print) -> list:
-    """Wait for the daemon's first completed tick of the sensor after ``started``, then for its runs."""
+def run_sensor_tick_and_wait(started: float, timeout_s: float, log=print,
+                             sensors: tuple[str, ...] = (SENSOR_NAME,)) -> list:
+    """Wait for the daemon's first completed tick of each sensor after ``started``, then for their runs."""
     from dagster import DagsterInstance
     from dagster._core.storage.dagster_run import DagsterRunStatus
 
     finished = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
     deadline = time.monotonic() + timeout_s
     with DagsterInstance.get() as instance:
-        ticks: list = []
-        while not ticks:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{SENSOR_NAME} did not tick within {timeout_s:.0f} s")
-            time.sleep(2)
-            ticks = _sensor_ticks_after(instance, started)
-        tick = ticks[0]
-        run_ids = list(tick.run_ids)
-        if tick.skip_reason:
-            log(f"  sensor tick: skipped ({tick.skip_reason}); nothing new to register")
-        else:
-            log(f"  sensor tick: {len(run_ids)} run(s) requested (one per day partition)")
+        run_ids: list[str] = []
+        for sensor in sensors:
+            ticks: list = []
+            while not ticks:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{sensor} did not tick within {timeout_s:.0f} s")
+                time.sleep(2)
+                ticks = _sensor_ticks_after(instance, started, sensor)
+            tick = ticks[0]
+            run_ids += list(tick.run_ids)
+            if tick.skip_reason:
+                log(f"  {sensor} tick: skipped ({tick.skip_reason})")
+            else:
+                log(f"  {sensor} tick: {len(tick.run_ids)} run(s) requested")
         last = None
         while True:
             runs = [instance.get_run_by_id(run_id) for run_id in run_ids]
@@ -133,11 +139,77 @@ def print_summary(engine, runs: list, log=print) -> None:
             f"{num(r.confidence, '4.2f')}  {r.preset or '-':13}  {num(r.lufs_in, '7.1f')}  "
             f"{num(r.lufs_out, '8.1f')}  {num(r.true_peak_dbtp, '7.2f')}")
     log("")
-    log("Open the Dagster UI with `make dev` → http://127.0.0.1:3000 (asset 'uploads', sensor "
-        f"'{SENSOR_NAME}', the runs above).")
+    log("Open the Dagster UI with `make dev` → http://127.0.0.1:3000 (assets 'uploads' and 'midi_packs', "
+        f"sensors '{SENSOR_NAME}' and '{MIDI_SENSOR_NAME}', the runs above).")
 
 
-def run_demo(timeout_s: float = 900.0, count: int | None = None, log=print) -> int:
+def import_demo_pack(store, log=print) -> bool:
+    """Import the Groove MIDI pack from the shared data (once: an unchanged pack is left as it is)."""
+    from mixai_pipeline.lib.midi.packs import import_pack, list_packs
+
+    folder = settings.groove_midi_dir()
+    if not (folder / "info.csv").exists():
+        log(f"  Groove MIDI not found at {folder} (set {settings.ENV_SHARED_DATA}): the MIDI part is skipped")
+        return False
+    if DEMO_PACK in list_packs(store) and list_packs(store)[DEMO_PACK].complete:
+        log(f"  pack {DEMO_PACK!r} already imported ({len(list_packs(store)[DEMO_PACK].files)} files)")
+        return True
+    report = import_pack(store, folder, DEMO_PACK)
+    log(f"  imported pack {DEMO_PACK!r}: {report['files']} MIDI files ({report['bytes'] / 1e6:.1f} MB), "
+        f"{report['metadata_rows']} metadata rows")
+    return True
+
+
+def print_midi_summary(store, engine, pack_id: str = DEMO_PACK, log=print) -> None:
+    """Loop counts per stage, the dedupe result, score distributions and a few labelled loops with their
+    nearest neighbours, from the pack's working tables and published dataset."""
+    import json
+
+    from mixai_pipeline.lib.midi import pipeline
+
+    try:
+        report = json.loads(store.get_bytes(pipeline.derived_key(pack_id, "stage1_report.json")))
+        scores, labels = pipeline.load_scores(store, pack_id), pipeline.load_labels(store, pack_id)
+        metrics, pairs = pipeline.load_metrics(store, pack_id), pipeline.load_pairs(store, pack_id)
+    except Exception as err:  # the run failed or has not produced them: say so, the audio part stands
+        log(f"  MIDI outputs not readable ({type(err).__name__}: {err})")
+        return
+    with engine.connect() as conn:
+        verdicts = conn.execute(text("SELECT status, count(*) FROM midi_files WHERE pack_id = :p GROUP BY status"),
+                                {"p": pack_id}).all()
+    counts = report["counts"]
+    log("")
+    log(f"== MIDI loop pack {pack_id!r} ==")
+    log("  files: " + ", ".join(f"{status} {n}" for status, n in verdicts))
+    log(f"  Stage 1: {report['files_in']} files → {report['windows_sliced']} bar windows "
+        f"({', '.join(str(b) for b in report['settings']['bars'])} bars) → {report['loops_out']} loops")
+    excluded = {k: v for k, v in counts.items() if v and k not in ("near_duplicate_loops",)}
+    log(f"    excluded: {', '.join(f'{k} {v}' for k, v in sorted(excluded.items()))}")
+    log(f"    dedupe: {counts.get('exact_duplicate', 0)} exact duplicates dropped; "
+        f"{len(report['near_duplicate_clusters'])} near-duplicate clusters (cosine ≥ "
+        f"{report['settings']['near_duplicate_threshold']}) holding {counts.get('near_duplicate_loops', 0)} "
+        "loops, kept")
+    log(f"  Stage 2: {len(scores)} loops scored, {int(scores['passed'].sum())} pass (threshold "
+        f"{scores['threshold'].iloc[0]:g}, weights {scores['weights'].iloc[0]})")
+    log(f"    {'axis':15} {'min':>6} {'p50':>6} {'p90':>6} {'mean':>6} {'max':>6}")
+    for axis, d in pipeline.score_distributions(scores).items():
+        log(f"    {axis:15} " + " ".join(f"{v:6.1f}" for v in d.values()))
+    log("    median swing ratio by genre: " + ", ".join(
+        f"{g} {v:.2f}" for g, v in metrics["swing_ratio"].groupby(labels["genre"]).median().dropna()
+        .sort_values(ascending=False).head(6).items()))
+    log("  a few labelled loops and their nearest neighbours:")
+    shown = labels[labels.index.isin(pairs["loop_id"])].groupby("genre", group_keys=False).head(1).head(4)
+    for loop_id, row in shown.iterrows():
+        log(f"    {loop_id}  {row['genre']}/{row['sub_genre']}, {row['tempo_bucket']}, {row['meter']}, "
+            f"{row['swing_phase']}, tags [{row['style_tags']}], {row['emotion']} (valence "
+            f"{row['emotion_valence']:+.2f}, arousal {row['emotion_arousal']:.2f}), score "
+            f"{scores.at[loop_id, 'total']:.1f}")
+        for near in pairs[pairs["loop_id"] == loop_id].head(3).itertuples():
+            other = labels.loc[near.other_id]
+            log(f"        ~ {near.other_id}  sim {near.similarity:.2f}  {other['genre']}/{other['sub_genre']}")
+
+
+def run_demo(timeout_s: float = 900.0, count: int | None = None, midi: bool = True, log=print) -> int:
     from mixai_pipeline.definitions import object_store_resource
     from mixai_pipeline.lib.demo.uploads import write_demo_inbox
     from mixai_pipeline.resources.database import engine_for
@@ -152,17 +224,23 @@ def run_demo(timeout_s: float = 900.0, count: int | None = None, log=print) -> i
     log(f"  Dagster instance: DAGSTER_HOME={env.dagster_home} (storage in PostgreSQL, database dagster)")
     log("== Demo inbox (Bach chorales rendered with FluidR3 GM; plus deliberately bad uploads) ==")
     write_demo_inbox(store, count=count, log=log)
+    log("== MIDI loop pack (Groove MIDI Dataset, shared data) ==")
+    with_midi = import_demo_pack(store, log) if midi else False
 
-    log("== dagster-daemon: new_uploads_sensor tick → runs ==")
+    sensors = (SENSOR_NAME, MIDI_SENSOR_NAME) if with_midi else (SENSOR_NAME,)
+    log(f"== dagster-daemon: {' + '.join(sensors)} ticks → runs ==")
     daemon_log = settings.state_dir() / "dagster-daemon.log"
     started = time.time()
     daemon = start_daemon(daemon_log)
     try:
-        runs = run_sensor_tick_and_wait(started, timeout_s, log)
+        runs = run_sensor_tick_and_wait(started, timeout_s, log, sensors)
     finally:
         stop_daemon(daemon)
     failed = [r for r in runs if r.status.value != "SUCCESS"]
-    print_summary(engine_for(env.database_url), runs, log)
+    engine = engine_for(env.database_url)
+    print_summary(engine, [r for r in runs if r.job_name != "midi_pack_job"], log)
+    if with_midi:
+        print_midi_summary(store, engine, log=log)
     if failed:
         log(f"{len(failed)} run(s) failed: see `make dev` or {daemon_log}")
         return 1

@@ -238,3 +238,14 @@ def test_pack_names_and_listing_are_strict(local_store):
             packs.check_pack_id(bad)
     local_store.put_bytes("midi/packs/ok/metadata.csv", b"x")
     assert set(packs.list_packs(local_store)) == {"ok"} and np.all([packs.list_packs(local_store)["ok"].complete])
+
+
+def test_the_demo_summary_reads_the_outputs(materialized):
+    from mixai_pipeline.demo import print_midi_summary
+
+    lines: list[str] = []
+    print_midi_summary(materialized["store"], materialized["engine"], PACK, log=lines.append)
+    text_out = "\n".join(lines)
+    assert f"== MIDI loop pack '{PACK}' ==" in text_out and "files: " in text_out
+    assert "Stage 1: 33 files" in text_out and "Stage 2:" in text_out and "median swing ratio" in text_out
+    assert "~ " in text_out  # at least one loop shown with a neighbour

@@ -2,12 +2,16 @@
 
 ffprobe alone trusts headers: a truncated WAV still reports its full duration. So the stem is also
 decoded end to end (to ``-f null``), which gives the true duration and surfaces corrupt frames.
+Float PCM (the one stored format that can hold NaN or infinities) is also read by libsndfile and
+rejected if any sample is not finite; rates and channel counts the audio stages cannot process are
+rejected here too (``AudioLimits``), so that such a stem never reaches them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -42,9 +46,15 @@ def require_tool(name: str, package: str = "ffmpeg") -> str:
 
 @dataclass(frozen=True)
 class AudioLimits:
+    """What the audio stages can process; the rates and channels are those of the feature extractor
+    (``lib/features/extract.py``: 8-384 kHz, at most 6 channels = 5.1), so a stem beyond them is rejected
+    here with a reason instead of failing a later stage."""
     min_duration_s: float = 1.0
     max_duration_s: float = 20 * 60.0
     max_bytes: int = 1 << 30
+    min_sample_rate: int = 8_000
+    max_sample_rate: int = 384_000
+    max_channels: int = 6
 
 
 @dataclass(frozen=True)
@@ -105,18 +115,50 @@ def probe_stem(path: Path, label: str, extension: str, limits: AudioLimits = Aud
         raise RejectError("audio_corrupt", f"{label} is truncated: its header promises {header_s:.1f} s "
                                            f"but only {decoded_s:.1f} s decode")
     if decoded_s < limits.min_duration_s:
-        raise RejectError("audio_too_short", f"{label} lasts {decoded_s:.2f} s; the minimum is "
+        shown = math.floor(decoded_s * 100) / 100  # rounded away from the limit, never onto it
+        raise RejectError("audio_too_short", f"{label} lasts {shown:.2f} s; the minimum is "
                                              f"{limits.min_duration_s:g} s")
     if decoded_s > limits.max_duration_s:
-        raise RejectError("audio_too_long", f"{label} lasts {decoded_s / 60:.1f} min; the limit is "
-                                            f"{limits.max_duration_s / 60:g} min")
+        shown = math.ceil(decoded_s * 10) / 10
+        raise RejectError("audio_too_long", f"{label} lasts {shown:,.1f} s; the limit is "
+                                            f"{limits.max_duration_s:,.0f} s ({limits.max_duration_s / 60:g} min)")
     sample_rate = int(stream.get("sample_rate") or 0)
     channels = int(stream.get("channels") or 0)
     if sample_rate <= 0 or channels <= 0:
         raise RejectError("audio_corrupt", f"{label} reports no sample rate or channel count")
+    if not limits.min_sample_rate <= sample_rate <= limits.max_sample_rate:
+        raise RejectError("unsupported_sample_rate",
+                          f"{label} is sampled at {sample_rate:,} Hz; supported rates are "
+                          f"{limits.min_sample_rate:,}-{limits.max_sample_rate:,} Hz")
+    if channels > limits.max_channels:
+        raise RejectError("unsupported_channels", f"{label} has {channels} channels; at most "
+                                                  f"{limits.max_channels} (5.1) are supported")
+    codec = str(stream.get("codec_name", "unknown"))
+    if codec.startswith("pcm_f"):  # float PCM is the one stored format that can hold NaN and infinities
+        nan, inf = _non_finite_samples(path)
+        if nan or inf:
+            found = " and ".join(f"{n:,} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
+            raise RejectError("audio_corrupt", f"{label} contains {found} samples (float PCM)")
     return StemProbe(sha256=sha256_of(path), bytes=size, duration_s=round(decoded_s, 4),
                      sample_rate=sample_rate, channels=channels,
-                     codec=str(stream.get("codec_name", "unknown")), format_name=format_name)
+                     codec=codec, format_name=format_name)
+
+
+def _non_finite_samples(path: Path) -> tuple[int, int]:
+    """(NaN, ±inf) sample counts of a float PCM file, read in blocks by libsndfile; (0, 0) if it cannot
+    read the file (the stages' decoder checks every input again)."""
+    import numpy as np
+    import soundfile as sf
+
+    nan = inf = 0
+    try:
+        with sf.SoundFile(str(path)) as f:
+            for block in f.blocks(blocksize=1 << 18, dtype="float64", always_2d=True):
+                nan += int(np.count_nonzero(np.isnan(block)))
+                inf += int(np.count_nonzero(np.isinf(block)))
+    except (sf.LibsndfileError, RuntimeError):
+        return 0, 0
+    return nan, inf
 
 
 def _decoded_seconds(progress: str) -> float:

@@ -3,7 +3,8 @@ Dagster's part (config, logging, metadata). The benchmark runs the same function
 measure what the orchestration costs.
 
 A job whose input is bad fails that stage with a reason (``jobs.status = 'failed'``) and the others go
-on; an infrastructure error (database, store) is collected and reported after the other jobs finished.
+on: a StageFailure, or a ValueError/ArithmeticError the science raises on that job's data. Anything else
+(database, store, a bug) is collected and reported after the other jobs finished, and fails the run.
 """
 
 from __future__ import annotations
@@ -63,9 +64,15 @@ def run_stage_for_day(engine: Engine, store, day: str, name: str, *, max_workers
         try:
             result = stage.work(store, job)
         except stages.StageFailure as failure:
+            reason = str(failure)
+        except (ValueError, ArithmeticError) as err:  # the science refused this job's data: fail the job only
+            reason = f"could not be processed ({type(err).__name__}: {err})"
+        else:
+            reason = None
+        if reason is not None:
             with engine.begin() as conn:
-                records.record_failure(conn, job.job_id, name, str(failure), actor=actor, run_id=run_id)
-            return job, None, str(failure)
+                records.record_failure(conn, job.job_id, name, reason, actor=actor, run_id=run_id)
+            return job, None, reason
         with engine.begin() as conn:
             records.mark_processing(conn, job.job_id)
             stage.record(conn, result)

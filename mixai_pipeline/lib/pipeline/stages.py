@@ -104,6 +104,9 @@ def mix_stage(store: ObjectStore, job: JobInput) -> StageResult:
     inst, sr = load(store, job.inst_path)
     vocal, _ = load(store, job.vocal_path, sr=sr)  # the mix runs at the instrumental's rate
     require_sound(inst, "the instrumental")
+    # A DC offset in the instrumental would pass into the mix and the master (the vocal chain high-passes
+    # the vocal; nothing filters the instrumental), where loudness normalisation scales it up into the headroom.
+    inst = inst - inst.mean(axis=0, dtype=np.float64).astype(np.float32)
     result = mix(inst, vocal, sr, preset, offset_ms=float(job.extra.get("offset_ms") or 0.0))
     with tempfile.TemporaryDirectory(prefix="mixai-mix-") as tmp:
         out = write_wav(Path(tmp) / "mix.wav", result.audio, sr)
@@ -146,7 +149,7 @@ def preview_stage(store: ObjectStore, job: JobInput) -> StageResult:
             peaks = pv.waveform_peaks(segment, sr)
             files = [
                 StoredObject("preview", f"{base}.m4a", clip, pv.encode_aac(segment, sr, Path(tmp) / f"{clip}.m4a"),
-                             segment.shape[0] / sr, sr, 1, "aac"),
+                             segment.shape[0] / sr, pv.preview_sample_rate(sr), 1, "aac"),
                 StoredObject("waveform", f"{base}.waveform.png", clip,
                              pv.waveform_png(peaks, Path(tmp) / f"{clip}.png")),
                 StoredObject("waveform", f"{base}.waveform.json", clip,

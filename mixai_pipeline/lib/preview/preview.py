@@ -21,6 +21,7 @@ from mixai_pipeline.lib.ingestion.audio_probe import require_tool
 FRAME_S = 0.5
 MIN_PREVIEW_S, MAX_PREVIEW_S = 30.0, 60.0
 PREVIEW_BITRATE = "96k"
+AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # ffmpeg's aac, up to 48 kHz
 
 
 def preview_length_s(duration_s: float) -> float:
@@ -72,12 +73,18 @@ def fade(mono: np.ndarray, sr: int, fade_s: float = 0.5) -> np.ndarray:
     return out
 
 
+def preview_sample_rate(sr: int) -> int:
+    """The rate the preview is encoded at: ``sr`` when AAC has it, else the next AAC rate up, at most 48 kHz
+    (96 kbps mono gains nothing from a wider band; ffmpeg would otherwise pick a rate the records do not know)."""
+    return next((rate for rate in AAC_RATES if rate >= sr), AAC_RATES[-1])
+
+
 def encode_aac(mono: np.ndarray, sr: int, out_path: Path, bitrate: str = PREVIEW_BITRATE) -> Path:
-    """Mono AAC in an .m4a container, from float PCM piped into ffmpeg."""
+    """Mono AAC in an .m4a container at ``preview_sample_rate(sr)``, from float PCM piped into ffmpeg."""
     pcm = np.clip(mono, -1.0, 1.0).astype("<f4").tobytes()
     subprocess.run([require_tool("ffmpeg"), "-nostdin", "-v", "error", "-y", "-f", "f32le", "-ar", str(sr),
-                    "-ac", "1", "-i", "pipe:0", "-c:a", "aac", "-b:a", bitrate, "-movflags", "+faststart",
-                    str(out_path)], input=pcm, check=True, capture_output=True, timeout=300)
+                    "-ac", "1", "-i", "pipe:0", "-ar", str(preview_sample_rate(sr)), "-c:a", "aac", "-b:a", bitrate,
+                    "-movflags", "+faststart", str(out_path)], input=pcm, check=True, capture_output=True, timeout=300)
     return out_path
 
 
