@@ -1,12 +1,17 @@
 """Run the benchmarks and print one JSON document: ``python -m mixai_pipeline_tests.benchmarks [name ...]``
-(names: ingestion, features, pipeline; default all)."""
+(names: ingestion, features, pipeline, midi; default all)."""
 
 import json
 import sys
 
-from mixai_pipeline_tests.benchmarks import bench_features, bench_ingestion, bench_pipeline
+from mixai_pipeline_tests.benchmarks import bench_features, bench_ingestion, bench_midi, bench_pipeline
 
-BENCHMARKS = {"ingestion": bench_ingestion.run, "features": bench_features.run, "pipeline": bench_pipeline.run}
+BENCHMARKS = {
+    "ingestion": bench_ingestion.run,
+    "features": bench_features.run,
+    "pipeline": bench_pipeline.run,
+    "midi": bench_midi.run,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -137,7 +137,8 @@ def _tonal_deviations(audio: np.ndarray, sr: float) -> tuple[float, float]:
     """(low, high) band power relative to the mid band, minus the same ratios for pink noise, in dB."""
     channels = audio if audio.ndim == 2 else audio[:, None]
     segment = min(channels.shape[0], 2 ** round(math.log2(WELCH_SEGMENT_S * sr)))
-    freqs, psd = welch(channels, fs=sr, nperseg=segment, axis=0)
+    # no per-segment detrend: it only touches the bins below ~8 Hz, and the bands start at 30 Hz
+    freqs, psd = welch(channels, fs=sr, nperseg=segment, axis=0, detrend=False)
     power = psd.sum(axis=1)
     pink = np.divide(1.0, freqs, out=np.zeros_like(freqs), where=freqs > 0)
     mid, pink_mid = _band_sum(freqs, power, MID_BAND_HZ, sr), _band_sum(freqs, pink, MID_BAND_HZ, sr)
