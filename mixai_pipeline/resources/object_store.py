@@ -266,10 +266,16 @@ class S3ObjectStore(ObjectStore):
         from minio import Minio
 
         self.bucket = bucket
+        self._settings = (endpoint, bucket, access_key, secret_key, secure, region)
         self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key,
                             secure=secure, region=region)
         if create_bucket and not self.client.bucket_exists(bucket):
             self.client.make_bucket(bucket)
+
+    def __reduce__(self):
+        """Rebuilt from its settings in another process (the client's connection pool is not picklable)."""
+        endpoint, bucket, access_key, secret_key, secure, region = self._settings
+        return _rebuild_s3_store, (endpoint, bucket, access_key, secret_key, secure, region)
 
     @staticmethod
     @contextlib.contextmanager
@@ -329,6 +335,11 @@ class S3ObjectStore(ObjectStore):
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{validate_key(key)}"
+
+
+def _rebuild_s3_store(endpoint, bucket, access_key, secret_key, secure, region) -> S3ObjectStore:
+    return S3ObjectStore(endpoint, bucket, access_key, secret_key, secure=secure, region=region,
+                         create_bucket=False)
 
 
 class ObjectStoreResource(dg.ConfigurableResource):
