@@ -1,0 +1,333 @@
+"""Synthetic but realistic training rows, for tests and benchmarks, in the training-set format
+(``dataset.TRAINING_SET_SCHEMA``, inputs built by the same ``dataset.*_input`` functions as real rows).
+
+Structure: users (each with a plan) → songs → uploads. Uploads of one song are near-duplicates: the
+song's inst and vocal feature vectors plus a small jitter (``dup_jitter`` × each dimension's spread),
+with the song's own label "taste" shared by all of them — what a user re-uploading a re-export looks
+like. The group of every row is its user, as in ``dataset.song_groups``.
+
+Features. The inst and vocal clip vectors are drawn from a multivariate normal: the mean and covariance
+of a sample of real rows when given (``fit_distribution``), else ``default_distribution(clip)``: every
+dimension's typical value and spread (below), correlated through three latent factors — loudness
+(log-mel levels, RMS, LUFS, flux, onsets), brightness (high bands up and low bands down, centroid,
+rolloff, bandwidth, ZCR, energy ratios) and density (crest factor, LRA, contrast and level spread down,
+flatness up) — then clipped to what each dimension can physically be (energy ratios sum to 1, ...).
+The mix vector is derived from both, as a mix of the two stems: levels add as powers, the tempo and
+stereo image come from the instrumental, other dimensions are power-weighted averages.
+
+Labels (``learnable=True``), each plus noise:
+
+- ``master_reg``: the rule shapes of ``lib.dsp.master.estimate_master_params`` on the mix: shelves
+  against the tonal balance (``energy_ratio_low``/``high`` over ``energy_ratio_mid``, relative to a
+  typical mix, with a 1 dB dead band, half the excess corrected, capped at ±6 dB), compression from the
+  crest factor (``0.5 · (crest_factor_db - 10)`` within 0..6 dB), -14 LUFS. Noise: a per-song taste
+  (``song_noise_db``, shared by the song's uploads) and a per-upload term (``row_noise_db``).
+- ``preset_cls``: the product's own rules (``lib.pipeline.labels.preset_label``: tempo, vocal
+  brightness, vocal-vs-inst level, the plan), then with probability ``label_noise`` another preset the
+  plan allows.
+- ``align_conf``: alignment statistics drawn per song the way each aligner method reports them, then
+  ``lib.pipeline.labels.align_conf_label``, then with probability ``label_noise`` another class.
+
+Label quality: 10 % human (no label noise), 80 % auto, 10 % low (three times the noise).
+``learnable=False`` gives pure-noise labels: the same rules applied to an independent draw, so the labels
+have their usual distribution but nothing to do with the inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from mixai_pipeline.lib.features.extract import DIM_NAMES
+from mixai_pipeline.lib.mix.presets import catalog
+from mixai_pipeline.lib.pipeline.labels import align_conf_label, preset_label
+from mixai_pipeline.lib.training import dataset
+
+N = len(DIM_NAMES)
+IDX = {name: i for i, name in enumerate(DIM_NAMES)}
+
+PLAN_SHARES = {"freetrial": 0.1, "lite": 0.2, "standard": 0.4, "creator": 0.3}
+QUALITY_SHARES = {"human": 0.1, "auto": 0.8, "low": 0.1}
+NOISE_FACTOR = {"human": 0.0, "auto": 1.0, "low": 3.0}
+TARGET_LUFS = -14.0
+REFERENCE_TILT_DB = {"low": 10 * math.log10(0.30 / 0.58), "high": 10 * math.log10(0.12 / 0.58)}
+SHELF_DEAD_BAND_DB, SHELF_CORRECTION = 1.0, 0.5
+CREST_DENSE_DB, COMP_PER_DB = 10.0, 0.5
+
+
+@dataclass(frozen=True)
+class FeatureDistribution:
+    mean: np.ndarray  # (160,)
+    cov: np.ndarray   # (160, 160)
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(np.clip(np.diag(self.cov), 1e-12, None))
+
+
+# Typical value and spread per dimension (full stems of pop songs; vocal differs where noted).
+def _default_stats(clip: str) -> tuple[np.ndarray, np.ndarray]:
+    vocal = clip == "vocal"
+    mean, std = np.zeros(N), np.zeros(N)
+
+    def put(name: str, m: float, s: float) -> None:
+        mean[IDX[name]], std[IDX[name]] = m, s
+
+    for i in range(64):  # log-mel level falls with frequency (a pink-ish tilt), vocal thinner at the bottom
+        low_cut = 15.0 * max(0.0, 1 - i / 8) if vocal else 0.0
+        put(f"logmel_mean_{i:02d}", -28.0 - 0.45 * i - low_cut, 6.0)
+        put(f"logmel_std_{i:02d}", 9.0 if vocal else 7.0, 2.0)
+    for name, m, s in (("rms_mean", 0.08 if vocal else 0.12, 0.04), ("rms_std", 0.06, 0.02),
+                       ("zcr_mean", 0.09, 0.03), ("zcr_std", 0.05, 0.02),
+                       ("spectral_centroid_mean", 2100.0 if vocal else 1800.0, 650.0 if vocal else 500.0),
+                       ("spectral_centroid_std", 700.0, 200.0),
+                       ("spectral_rolloff_mean", 4200.0, 1200.0), ("spectral_rolloff_std", 1500.0, 400.0),
+                       ("spectral_flux_mean", 3.0, 1.0), ("spectral_flux_std", 1.5, 0.5),
+                       ("integrated_loudness_lufs", -18.0 if vocal else -15.0, 4.0 if vocal else 3.0),
+                       ("loudness_range_lu", 7.0 if vocal else 5.0, 2.5), ("crest_factor_db", 14.0, 3.0),
+                       ("spectral_bandwidth_mean", 2200.0, 500.0), ("spectral_bandwidth_std", 600.0, 150.0),
+                       ("spectral_flatness_mean", 0.02, 0.015), ("spectral_flatness_std", 0.03, 0.015),
+                       ("onset_strength_mean", 1.2, 0.4), ("onset_strength_std", 1.0, 0.3),
+                       ("tempo_bpm", 112.0, 26.0),
+                       ("energy_ratio_low", 0.10 if vocal else 0.30, 0.05 if vocal else 0.10),
+                       ("energy_ratio_mid", 0.75 if vocal else 0.58, 0.08),
+                       ("energy_ratio_high", 0.15 if vocal else 0.12, 0.06),
+                       ("stereo_correlation", 0.95 if vocal else 0.8, 0.05 if vocal else 0.12),
+                       ("stereo_side_ratio", 0.03 if vocal else 0.1, 0.03 if vocal else 0.06)):
+        put(name, m, s)
+    for i in range(7):
+        put(f"spectral_contrast_mean_{i}", 20.0, 4.0)
+    return mean, std
+
+
+def _factor_loadings() -> np.ndarray:
+    """(160, 3) loadings on loudness, brightness, density (standardised units)."""
+    f = np.zeros((N, 3))
+    for i in range(64):
+        f[IDX[f"logmel_mean_{i:02d}"]] = (0.7, 1.2 * (i / 63 - 0.5), 0.0)
+        f[IDX[f"logmel_std_{i:02d}"], 2] = -0.4
+    for name, load in (("rms_mean", 0.7), ("integrated_loudness_lufs", 0.8), ("spectral_flux_mean", 0.5),
+                       ("onset_strength_mean", 0.4)):
+        f[IDX[name], 0] = load
+    for name, load in (("spectral_centroid_mean", 0.8), ("spectral_rolloff_mean", 0.8), ("zcr_mean", 0.6),
+                       ("spectral_bandwidth_mean", 0.6), ("energy_ratio_high", 0.6), ("energy_ratio_low", -0.6)):
+        f[IDX[name], 1] = load
+    for name, load in (("crest_factor_db", -0.7), ("loudness_range_lu", -0.5), ("spectral_flatness_mean", 0.4),
+                       ("rms_std", -0.3), *((f"spectral_contrast_mean_{i}", -0.5) for i in range(7))):
+        f[IDX[name], 2] = load
+    norm = np.sqrt((f ** 2).sum(axis=1, keepdims=True))
+    return np.where(norm > 0.95, f * 0.95 / np.maximum(norm, 1e-12), f)
+
+
+def default_distribution(clip: str = "inst") -> FeatureDistribution:
+    """The documented default for an ``inst`` or ``vocal`` clip (module docstring)."""
+    if clip not in ("inst", "vocal"):
+        raise ValueError(f"clip must be inst or vocal, got {clip!r}")
+    mean, std = _default_stats(clip)
+    loadings = _factor_loadings()
+    corr = loadings @ loadings.T
+    np.fill_diagonal(corr, 1.0)
+    return FeatureDistribution(mean, corr * np.outer(std, std))
+
+
+def fit_distribution(vectors: np.ndarray, shrinkage: float = 0.1) -> FeatureDistribution:
+    """Mean and covariance of a sample of real clip vectors ``(n, 160)``, the covariance shrunk towards
+    its diagonal by ``shrinkage`` so that a small sample still gives a usable (positive definite) one."""
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != N or x.shape[0] < 2:
+        raise ValueError(f"need at least 2 vectors of {N} dimensions, got shape {x.shape}")
+    cov = np.cov(x, rowvar=False)
+    cov = (1 - shrinkage) * cov + shrinkage * np.diag(np.diag(cov))
+    cov += np.eye(N) * 1e-9 * max(float(np.trace(cov)) / N, 1e-12)
+    return FeatureDistribution(x.mean(axis=0), cov)
+
+
+def physical(vectors: np.ndarray) -> np.ndarray:
+    """Clip drawn vectors to what each dimension can be (in place); returns them as float32."""
+    v = vectors
+    nonneg = [i for name, i in IDX.items() if not name.startswith(("logmel_mean", "integrated", "stereo_corr"))]
+    v[:, nonneg] = np.maximum(v[:, nonneg], 0.0)
+    logmel = [IDX[f"logmel_mean_{i:02d}"] for i in range(64)]
+    v[:, logmel] = np.clip(v[:, logmel], -100.0, 0.0)
+    v[:, IDX["integrated_loudness_lufs"]] = np.clip(v[:, IDX["integrated_loudness_lufs"]], -70.0, -1.0)
+    v[:, IDX["spectral_flatness_mean"]] = np.clip(v[:, IDX["spectral_flatness_mean"]], 1e-4, 1.0)
+    v[:, IDX["tempo_bpm"]] = np.clip(v[:, IDX["tempo_bpm"]], 50.0, 220.0)
+    v[:, IDX["stereo_correlation"]] = np.clip(v[:, IDX["stereo_correlation"]], -1.0, 1.0)
+    v[:, IDX["stereo_side_ratio"]] = np.clip(v[:, IDX["stereo_side_ratio"]], 0.0, 1.0)
+    bands = [IDX["energy_ratio_low"], IDX["energy_ratio_mid"], IDX["energy_ratio_high"]]
+    ratios = np.clip(v[:, bands], 0.01, None)
+    v[:, bands] = ratios / ratios.sum(axis=1, keepdims=True)
+    return v.astype(np.float32)
+
+
+def draw(rng: np.random.Generator, n: int, dist: FeatureDistribution) -> np.ndarray:
+    """``n`` physical clip vectors (float64 before the final clip) from ``dist``."""
+    return rng.multivariate_normal(dist.mean, dist.cov, size=n, method="eigh")
+
+
+def mix_of(inst: np.ndarray, vocal: np.ndarray) -> np.ndarray:
+    """The feature vector of a mix of the two stems, row-wise (see the module docstring)."""
+    lufs = IDX["integrated_loudness_lufs"]
+    p_inst, p_vocal = 10 ** (inst[:, lufs] / 10), 10 ** (vocal[:, lufs] / 10)
+    w = (p_inst / (p_inst + p_vocal))[:, None]
+    mix = w * inst + (1 - w) * vocal
+    logmel = [IDX[f"logmel_mean_{i:02d}"] for i in range(64)]
+    mix[:, logmel] = 10 * np.log10(10 ** (inst[:, logmel] / 10) + 10 ** (vocal[:, logmel] / 10))
+    mix[:, lufs] = 10 * np.log10(p_inst + p_vocal)
+    for name in ("tempo_bpm", "stereo_side_ratio"):
+        mix[:, IDX[name]] = inst[:, IDX[name]]
+    return physical(mix.astype(np.float64))
+
+
+def master_labels(mix: np.ndarray) -> np.ndarray:
+    """(n, 4) master parameters from mix vectors by the rule shapes of the module docstring, before noise."""
+    low, mid, high = (mix[:, IDX[f"energy_ratio_{b}"]].astype(np.float64) for b in ("low", "mid", "high"))
+
+    def shelf(band: np.ndarray, reference: float) -> np.ndarray:
+        deviation = 10 * np.log10(band / mid) - reference
+        excess = np.clip(np.abs(deviation) - SHELF_DEAD_BAND_DB, 0.0, None)
+        cap = dataset.MASTER_PARAM_RANGES["low_shelf_db"][1]
+        return -np.sign(deviation) * np.minimum(SHELF_CORRECTION * excess, cap)
+
+    comp = np.clip(COMP_PER_DB * (mix[:, IDX["crest_factor_db"]] - CREST_DENSE_DB), 0.0,
+                   dataset.MASTER_PARAM_RANGES["comp_db"][1])
+    return np.stack([shelf(low, REFERENCE_TILT_DB["low"]), shelf(high, REFERENCE_TILT_DB["high"]), comp,
+                     np.full(len(mix), TARGET_LUFS)], axis=1)
+
+
+def _alignment(rng: np.random.Generator) -> dict:
+    """One song's alignment statistics, the way lib.alignment reports them per method."""
+    method = rng.choice(dataset.ALIGN_METHODS, p=[0.5, 0.35, 0.15])
+    offset = float(rng.uniform(-500, 2500))
+    tempo_ratio = float(1 + np.clip(rng.normal(0, 0.004), -0.0099, 0.0099)) if rng.random() < 0.3 else None
+    a = {"method": str(method), "offset_ms": offset, "dtw_cost": float(rng.uniform(0.05, 0.45)),
+         "drift_inliers": float(rng.uniform(0.5, 1.0)), "beat_period_ms": float(60000 / rng.uniform(70, 170)),
+         "tempo_ratio": tempo_ratio,
+         "drift_ms_per_min": (tempo_ratio - 1) * 60000 if tempo_ratio is not None else None}
+    if method == "gcc_phat":
+        a["gcc_psr"] = float(rng.uniform(25, 42))
+        a["gcc_offset_ms"] = offset
+    else:
+        a["gcc_psr"] = float(rng.uniform(3, 25))
+        a["gcc_offset_ms"] = offset + float(rng.uniform(-3000, 3000))
+    if method != "gcc_phat" or rng.random() < 0.5:
+        a.update(onset_offset_ms=offset + float(rng.normal(0, 8)), onset_peak_ratio=float(rng.uniform(1.05, 3.0)),
+                 beat_ambiguity=float(rng.uniform(0.0, 0.9)), onset_z=float(rng.normal(4, 1.5)),
+                 harmony_z=float(rng.normal(2, 1.5)))
+    if method == "assume_shared_start":
+        a["dtw_cost"] = float(rng.uniform(0.3, 0.7))
+    return _with_confidence(a)
+
+
+def _with_confidence(a: dict) -> dict:
+    if a["method"] == "gcc_phat":
+        a["confidence"] = 0.5 + 0.5 * float(np.clip((a["gcc_psr"] - 25) / 10, 0, 1))
+    elif a["method"] == "onset_xcorr":
+        ambiguity = max(a.get("beat_ambiguity") or 0.0, 1 / a["onset_peak_ratio"])
+        a["confidence"] = 0.55 if ambiguity >= 0.65 else 0.75
+    else:
+        a["confidence"] = 0.1
+    return a
+
+
+def _jitter_alignment(rng: np.random.Generator, base: dict, scale: float) -> dict:
+    a = {k: (v * (1 + rng.normal(0, scale)) if isinstance(v, float) and k not in ("tempo_ratio", "confidence")
+             else v) for k, v in base.items()}
+    return _with_confidence(a)
+
+
+def _uuid(rng: np.random.Generator) -> str:
+    return str(uuid.UUID(bytes=rng.bytes(16), version=4))
+
+
+def synthetic_training_set(n_jobs: int, *, tasks: Iterable[str] = dataset.TASKS, seed: int = 0,
+                           learnable: bool = True, label_noise: float = 0.1, song_noise_db: float = 0.75,
+                           row_noise_db: float = 0.25, dup_jitter: float = 0.02,
+                           songs_per_user: tuple[int, int] = (1, 6), uploads_per_song: tuple[int, int] = (1, 4),
+                           distributions: Mapping[str, FeatureDistribution] | None = None) -> pd.DataFrame:
+    """``n_jobs`` synthetic uploads, one row per job and task, valid for ``dataset.TRAINING_SET_SCHEMA``.
+    Deterministic for a given ``seed``; ``songs_per_user`` and ``uploads_per_song`` are inclusive ranges."""
+    tasks = list(tasks)
+    rng = np.random.default_rng(seed)
+    dists = {clip: (distributions or {}).get(clip) or default_distribution(clip) for clip in ("inst", "vocal")}
+    allowed = {plan: catalog().allowed(plan) for plan in PLAN_SHARES}
+
+    # structure: users -> songs -> uploads
+    song_user: list[int] = []
+    upload_song: list[int] = []
+    users: list[tuple[str, str]] = []
+    while len(upload_song) < n_jobs:
+        users.append((_uuid(rng), str(rng.choice(list(PLAN_SHARES), p=list(PLAN_SHARES.values())))))
+        for _ in range(rng.integers(songs_per_user[0], songs_per_user[1] + 1)):
+            song_user.append(len(users) - 1)
+            upload_song += [len(song_user) - 1] * int(rng.integers(uploads_per_song[0], uploads_per_song[1] + 1))
+    upload_song = np.asarray(upload_song[:n_jobs])
+    n_songs = int(upload_song.max()) + 1
+
+    # features: one draw per song, a jitter per upload; an independent decoy draw for noise labels
+    def stems(n_rows_of_song: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = []
+        for clip in ("inst", "vocal"):
+            base = draw(rng, n_songs, dists[clip])
+            rows = base[n_rows_of_song] + rng.normal(0, dup_jitter, (len(n_rows_of_song), N)) * dists[clip].std
+            out.append(physical(rows))
+        return out[0], out[1]
+
+    inst, vocal = stems(upload_song)
+    mix = mix_of(inst.astype(np.float64), vocal.astype(np.float64))
+    label_inst, label_vocal, label_mix = (inst, vocal, mix) if learnable else (*stems(upload_song), None)
+    if label_mix is None:
+        label_mix = mix_of(label_inst.astype(np.float64), label_vocal.astype(np.float64))
+
+    quality = rng.choice(list(QUALITY_SHARES), size=n_jobs, p=list(QUALITY_SHARES.values()))
+    noise = np.array([NOISE_FACTOR[q] for q in quality])
+    song_bpm_given = rng.random(n_songs) < 0.5
+
+    # master_reg labels
+    song_taste = rng.normal(0, song_noise_db, (n_songs, 3))
+    master = master_labels(label_mix)
+    master[:, :3] += song_taste[upload_song] + rng.normal(0, row_noise_db, (n_jobs, 3)) * noise[:, None]
+    for k, name in enumerate(dataset.MASTER_PARAMS):
+        master[:, k] = np.clip(master[:, k], *dataset.MASTER_PARAM_RANGES[name])
+
+    align_base = [_alignment(rng) for _ in range(n_songs)]
+    label_align_base = align_base if learnable else [_alignment(rng) for _ in range(n_songs)]
+    flip = rng.random((n_jobs, 2)) < label_noise * noise[:, None]
+    job_ids = [_uuid(rng) for _ in range(n_jobs)]
+
+    records = []
+    for j in range(n_jobs):
+        song = int(upload_song[j])
+        user_id, plan = users[song_user[song]]
+        q = str(quality[j])
+        common = {"job_id": job_ids[j], "user_id": user_id, "group": f"u:{user_id}", "plan": plan, "quality": q,
+                  "weight": dataset.QUALITY_WEIGHTS[q]}
+        no_reg = dict.fromkeys(dataset.MASTER_PARAMS, math.nan)
+        if "master_reg" in tasks:
+            records.append({**common, "task": "master_reg", "x": dataset.master_input(mix[j]),
+                            **dict(zip(dataset.MASTER_PARAMS, master[j].tolist(), strict=True)), "y_cls": None})
+        if "preset_cls" in tasks:
+            bpm = float(round(inst[j, IDX["tempo_bpm"]])) if song_bpm_given[song] else None
+            label_bpm = float(round(label_inst[j, IDX["tempo_bpm"]])) if song_bpm_given[song] else None
+            preset, _ = preset_label(plan, label_inst[j].tolist(), label_vocal[j].tolist(), label_bpm)
+            if flip[j, 0]:
+                preset = str(rng.choice(allowed[plan]))
+            x = dataset.preset_input(vocal[j], mix[j], bpm=bpm, plan=plan)
+            records.append({**common, "task": "preset_cls", "x": x, **no_reg, "y_cls": preset})
+        if "align_conf" in tasks:
+            alignment = _jitter_alignment(rng, align_base[song], dup_jitter)
+            label_source = alignment if learnable else _jitter_alignment(rng, label_align_base[song], dup_jitter)
+            label = align_conf_label(label_source)
+            if flip[j, 1]:
+                label = str(rng.choice([c for c in dataset.ALIGN_CLASSES if c != label]))
+            records.append({**common, "task": "align_conf", "x": dataset.align_input(alignment), **no_reg,
+                            "y_cls": label})
+    if not records:
+        return dataset.empty_frame()
+    frame = pd.DataFrame.from_records(records, columns=list(dataset.COLUMNS))
+    return dataset.validate(frame.sort_values(["job_id", "task"], kind="stable").reset_index(drop=True))
