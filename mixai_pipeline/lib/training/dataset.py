@@ -200,11 +200,14 @@ def song_groups(user_ids: Sequence[str], inst_sha256s: Sequence[str | None]) -> 
 
 # ---------------------------------------------------------------------------------------------- SQL
 
+# A withdrawal is over once consent was granted again after it, and then only for later uploads.
+_NOT_WITHDRAWN_SQL = """(c.training_withdrawn_at IS NULL
+         OR coalesce(c.training_granted_at > c.training_withdrawn_at
+                     AND j.received_at > c.training_withdrawn_at, false))"""
 # Eligibility of a job ``j`` with its owner's consent row ``c`` (LEFT JOINed: no row, no consent).
-ELIGIBLE_SQL = """(
+ELIGIBLE_SQL = f"""(
     c.training IS TRUE AND j.consent_training IS TRUE AND j.status <> 'failed'
-    AND (c.training_withdrawn_at IS NULL
-         OR (c.training_granted_at > c.training_withdrawn_at AND j.received_at > c.training_withdrawn_at))
+    AND {_NOT_WITHDRAWN_SQL}
     AND NOT EXISTS (SELECT 1 FROM ml_exclusions e WHERE e.job_id = j.job_id OR e.user_id = j.user_id))"""
 
 _TRAINING_ROWS_SQL = f"""
@@ -295,9 +298,7 @@ SELECT t.job_id::text AS job_id, t.user_id::text AS user_id,
             WHEN j.user_id IS DISTINCT FROM t.user_id THEN 'the job belongs to another user'
             WHEN c.user_id IS NULL THEN 'no consent record for the user'
             WHEN c.training IS NOT TRUE THEN 'training consent is off'
-            WHEN c.training_withdrawn_at IS NOT NULL
-                 AND NOT (c.training_granted_at > c.training_withdrawn_at
-                          AND j.received_at > c.training_withdrawn_at) THEN 'training consent was withdrawn'
+            WHEN NOT {_NOT_WITHDRAWN_SQL} THEN 'training consent was withdrawn'
             WHEN j.consent_training IS NOT TRUE THEN 'the upload was made without training consent'
             WHEN j.status = 'failed' THEN 'the job failed'
             WHEN EXISTS (SELECT 1 FROM ml_exclusions e WHERE e.job_id = j.job_id) THEN 'the job is excluded'
@@ -476,6 +477,7 @@ def to_parquet(frame: pd.DataFrame, path: str | Path, *, feature_version: str = 
     value = digest(frame)
     schema = _arrow_schema()
     columns = {name: frame[name].tolist() for name in COLUMNS if name != "x"}
+    columns["y_cls"] = [None if pd.isna(v) else v for v in columns["y_cls"]]  # pandas may hold NaN for None
     columns["x"] = [np.asarray(x, dtype=np.float32) for x in frame["x"]]
     table = pa_.Table.from_pydict({name: columns[name] for name in COLUMNS}, schema=schema)
     table = table.replace_schema_metadata({

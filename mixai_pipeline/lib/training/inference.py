@@ -198,8 +198,9 @@ class OnnxModelCache:
             failure = self._failures.get(key)
         if failure is not None:
             reason, at = failure
-            if self._clock() - at < self._retry_after:
-                raise ModelLoadError(reason)
+            age = self._clock() - at
+            if age < self._retry_after:
+                raise ModelLoadError(f"{reason} (failed {age:.0f} s ago; retried after {self._retry_after:g} s)")
         if self._loader is None:
             raise ModelNotFoundError(f"{_fmt(key)}: not in the model cache and no loader configured")
         try:
@@ -253,7 +254,9 @@ FallbackCode = Literal["missing", "load_failed", "timeout", "run_failed", "bad_o
 
 @dataclass(frozen=True)
 class Prediction:
-    """One ``predict`` call. ``output``: regression float32 ``[n, k]``, classification labels ``[n]``."""
+    """One ``predict`` call. From the model, ``output`` is float32 ``[n, k]`` (regression) or labels ``[n]``
+    (classification) with ``probabilities`` ``[n, n_classes]``; from a fallback, ``output`` is what the fallback
+    returned (as an array, one entry per row) and ``probabilities`` is None."""
 
     model_key: ModelKey
     source: Literal["model", "fallback"]
@@ -317,6 +320,8 @@ class Predictor:
     def predict(self, model_key: ModelKey, X: Any, *, fallback: Fallback | None = None,
                 timeout_s: float | None = None) -> Prediction:
         start = time.perf_counter()
+        if not (isinstance(model_key, tuple) and len(model_key) == 2):
+            raise ValueError(f"model_key must be a (name, version) tuple, got {model_key!r}")
         rows = validate_input(X, self.n_features.get(model_key[0]))
 
         def from_fallback(code: FallbackCode, reason: str, classes: tuple | None = None) -> Prediction:

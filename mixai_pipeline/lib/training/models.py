@@ -20,16 +20,21 @@ Cross-validation: 5 folds, grouped (``GroupKFold`` for regression, ``StratifiedG
 ``random_state`` for classes), so a user's (or a shared instrumental's) rows are all in one fold. Every
 fit gets the label-quality sample weights, and every metric weights the held-out rows the same way (it
 measures agreement with the labels we trust most). Metrics per fold, with their mean and std:
-regression ``mae`` (mean over the four outputs), ``mae_<output>`` and ``r2`` (uniform average) and
-``r2_<output>``; classification ``macro_f1`` and ``accuracy``.
+regression ``mae`` (mean over the four outputs), ``mae_<output>``, ``r2_<output>`` and ``r2`` (mean
+over the outputs whose labels vary in the fold: an output that is constant there, like the -14 LUFS
+target of every pseudo-label, has no R² and reports 0); classification ``macro_f1`` and ``accuracy``.
 
 Selection: a candidate qualifies when it clearly beats every baseline — regression: mean MAE at least
 ``MIN_GAIN`` (2 %) lower than the baseline's and lower in most folds; classification: macro-F1 at least
 ``MIN_F1_GAIN`` (0.02) above the best baseline's and higher in most folds, and accuracy not below the
 majority baseline's. Among qualifying candidates the best mean score (lowest MAE / highest macro-F1)
 wins (ties: the order of ``candidates_for``, simplest first) and is refit on all rows. If none
-qualifies, ``chosen`` is None and ``selection`` says why. Everything is seeded: the same rows give the
-same folds, metrics and model.
+qualifies, ``chosen`` is None and ``selection`` says why. Everything is seeded, and ``train_from_frame``
+sorts rows by job_id: the same rows, in any order, give the same folds, metrics and model.
+
+Threads: ``n_jobs`` (default 1) bounds LightGBM and BLAS alike (BLAS's default of a thread per core made
+the linear models 8-40x slower on a busy machine). 20,000 synthetic rows per task, one core of a shared
+2-core machine: master_reg 7 s, preset_cls 112 s (72 s of it LightGBM's CV), align_conf 2 s.
 """
 
 from __future__ import annotations
@@ -253,17 +258,28 @@ def grouped_folds(kind: str, y: np.ndarray, groups: np.ndarray, *, n_splits: int
         else:
             splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
             folds = list(splitter.split(placeholder, y, groups))
-    for train, test in folds:
-        if len(test) == 0 or len(train) == 0 or np.intersect1d(groups[train], groups[test]).size:
-            raise RuntimeError("grouped folds broke their promise")  # never expected: sklearn's contract
+    for train, test in folds:  # sklearn's contract, checked because the honesty of every metric rests on it
+        if len(test) == 0 or len(train) == 0:
+            raise RuntimeError(f"grouped {n_splits}-fold split left a fold empty")
+        if set(groups[train].tolist()) & set(groups[test].tolist()):
+            raise RuntimeError("grouped folds share a group")
     return folds
 
 
 def cross_validate(candidate: Candidate, kind: str, X: np.ndarray, y: np.ndarray, w: np.ndarray,
                    groups: np.ndarray, folds: Sequence[tuple[np.ndarray, np.ndarray]], *,
-                   output_names: Sequence[str] = (), random_state: int = RANDOM_STATE) -> tuple[CVScores, np.ndarray]:
+                   output_names: Sequence[str] = (), random_state: int = RANDOM_STATE,
+                   blas_threads: int = 1) -> tuple[CVScores, np.ndarray]:
     """Fit on each fold's training rows (with their groups, for any inner tuning), predict its test rows:
-    the scores and the out-of-fold predictions."""
+    the scores and the out-of-fold predictions (BLAS limited to ``blas_threads``, see ``train_task``)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=blas_threads):
+        return _cross_validate(candidate, kind, X, y, w, groups, folds, output_names, random_state)
+
+
+def _cross_validate(candidate: Candidate, kind: str, X, y, w, groups, folds, output_names,
+                    random_state: int) -> tuple[CVScores, np.ndarray]:
     oof = np.zeros(y.shape, dtype=np.float64) if kind == "regression" else np.empty(len(y), dtype=object)
     per_fold, params = [], []
     started = time.perf_counter()
@@ -370,10 +386,8 @@ def train_task(task: str, X: np.ndarray, y: np.ndarray, *, sample_weight: np.nda
                min_samples: int = dataset.MIN_SAMPLES, n_splits: int = N_SPLITS,
                random_state: int = RANDOM_STATE, candidates: Sequence[Candidate] | None = None,
                n_jobs: int = 1) -> TrainingResult:
-    """Cross-validate the task's candidates and baselines on grouped folds, choose, and refit the winner.
-
-    ``n_jobs`` threads for LightGBM and for BLAS (numpy/scipy) during the whole call: on a shared
-    machine, BLAS's default of one thread per core made the linear models 8-40x slower than one thread."""
+    """Cross-validate the task's candidates and baselines on grouped folds, choose, and refit the winner
+    (``n_jobs``: threads for LightGBM and for BLAS during the whole call)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=n_jobs):
@@ -411,13 +425,11 @@ def _train_task(task: str, X, y, *, sample_weight, groups, feature_names, job_id
         result.fold_of_row[test] = i
     output_names = dataset.MASTER_PARAMS if kind == "regression" else ()
     for baseline in baselines_for(kind, random_state=random_state):
-        scores, oof = cross_validate(baseline, kind, X, y, w, groups, folds, output_names=output_names,
-                                     random_state=random_state)
+        scores, oof = _cross_validate(baseline, kind, X, y, w, groups, folds, output_names, random_state)
         result.baselines[baseline.name], result.oof_predictions[baseline.name] = scores, oof
     for candidate in candidates if candidates is not None else candidates_for(task, random_state=random_state,
                                                                               n_jobs=n_jobs):
-        scores, oof = cross_validate(candidate, kind, X, y, w, groups, folds, output_names=output_names,
-                                     random_state=random_state)
+        scores, oof = _cross_validate(candidate, kind, X, y, w, groups, folds, output_names, random_state)
         scores.qualifies, words = _qualifies(kind, scores, result.baselines)
         result.selection.append(words + ("" if scores.qualifies else ": does not clearly beat the baseline"))
         result.candidates[candidate.name], result.oof_predictions[candidate.name] = scores, oof

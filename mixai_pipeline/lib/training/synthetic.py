@@ -29,8 +29,9 @@ Labels (``learnable=True``), each plus noise:
   ``lib.pipeline.labels.align_conf_label``, then with probability ``label_noise`` another class.
 
 Label quality: 10 % human (no label noise), 80 % auto, 10 % low (three times the noise).
-``learnable=False`` gives pure-noise labels: the same rules applied to an independent draw, so the labels
-have their usual distribution but nothing to do with the inputs.
+``learnable=False`` gives pure-noise labels: the same rules applied to an independent draw (features,
+alignment, and for presets the plan too), so the labels have their usual distribution but nothing to do
+with the inputs.
 """
 
 from __future__ import annotations
@@ -298,6 +299,7 @@ def synthetic_training_set(n_jobs: int, *, tasks: Iterable[str] = dataset.TASKS,
     align_base = [_alignment(rng) for _ in range(n_songs)]
     label_align_base = align_base if learnable else [_alignment(rng) for _ in range(n_songs)]
     flip = rng.random((n_jobs, 2)) < label_noise * noise[:, None]
+    decoy_plans = rng.choice(list(PLAN_SHARES), size=n_jobs, p=list(PLAN_SHARES.values())).tolist()
     job_ids = [_uuid(rng) for _ in range(n_jobs)]
 
     records = []
@@ -314,9 +316,10 @@ def synthetic_training_set(n_jobs: int, *, tasks: Iterable[str] = dataset.TASKS,
         if "preset_cls" in tasks:
             bpm = float(round(inst[j, IDX["tempo_bpm"]])) if song_bpm_given[song] else None
             label_bpm = float(round(label_inst[j, IDX["tempo_bpm"]])) if song_bpm_given[song] else None
-            preset, _ = preset_label(plan, label_inst[j].tolist(), label_vocal[j].tolist(), label_bpm)
+            label_plan = plan if learnable else decoy_plans[j]
+            preset, _ = preset_label(label_plan, label_inst[j].tolist(), label_vocal[j].tolist(), label_bpm)
             if flip[j, 0]:
-                preset = str(rng.choice(allowed[plan]))
+                preset = str(rng.choice(allowed[label_plan]))
             x = dataset.preset_input(vocal[j], mix[j], bpm=bpm, plan=plan)
             records.append({**common, "task": "preset_cls", "x": x, **no_reg, "y_cls": preset})
         if "align_conf" in tasks:
