@@ -86,15 +86,19 @@ def within_true_peak_tolerance(measured: float, expected: float) -> bool:
     return -0.4 <= measured - expected <= 0.2
 
 
-@pytest.mark.parametrize("case", sorted(TECH_3341_TRUE_PEAK_SINES))
-def test_tech_3341_true_peak_sines(case):
-    freq, amplitude, phase_deg, expected = TECH_3341_TRUE_PEAK_SINES[case]
+def true_peak_sine(case: int) -> np.ndarray:
+    freq, amplitude, phase_deg, _ = TECH_3341_TRUE_PEAK_SINES[case]
     t = np.arange(SR) / SR
     ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(SR // 100) / (SR // 100))
     fades = np.concatenate([ramp, np.ones(t.size - 2 * ramp.size), ramp[::-1]])
     mono = amplitude * np.cos(2 * np.pi * freq * t + np.radians(phase_deg)) * fades
-    measured = loudness.true_peak_dbtp(np.stack([mono, mono], axis=1), SR)
-    assert within_true_peak_tolerance(measured, expected), measured
+    return np.stack([mono, mono], axis=1)
+
+
+@pytest.mark.parametrize("case", sorted(TECH_3341_TRUE_PEAK_SINES))
+def test_tech_3341_true_peak_sines(case):
+    measured = loudness.true_peak_dbtp(true_peak_sine(case), SR)
+    assert within_true_peak_tolerance(measured, TECH_3341_TRUE_PEAK_SINES[case][3]), measured
 
 
 def band_limited_peak(fraction: float, bandwidth: float = 0.9) -> np.ndarray:
@@ -139,3 +143,22 @@ def test_silence_and_short_input():
 def test_channel_count_is_checked():
     with pytest.raises(ValueError, match="7 channels"):
         loudness.integrated_loudness(np.zeros((SR, 7)), SR)
+
+
+def test_tech_3341_conformance_table():
+    """Every Tech 3341 case above in one table (``pytest -s`` shows it), each within its tolerance."""
+    rows = []
+    for case, (segments, expected) in sorted(TECH_3341.items()):
+        rows.append((case, "integrated LUFS", expected, loudness.integrated_loudness(stereo(*segments), SR), 0.1, 0.1))
+    columns = [sine(db, 20.0) for db in (-28.0, -28.0, -24.0, -30.0, -30.0)]
+    rows.append((6, "integrated LUFS", -23.0, loudness.integrated_loudness(np.stack(columns, axis=1), SR), 0.1, 0.1))
+    for case, (*_, expected) in sorted(TECH_3341_TRUE_PEAK_SINES.items()):
+        rows.append((case, "true peak dBTP", expected, loudness.true_peak_dbtp(true_peak_sine(case), SR), 0.2, 0.4))
+    for case, offset in ((20, 0), (21, 1), (22, 2), (23, 3)):
+        pulse = band_limited_peak(offset / 4)
+        rows.append((case, "true peak dBTP", 0.0, loudness.true_peak_dbtp(np.stack([pulse, pulse], 1), SR), 0.2, 0.4))
+    print("\nEBU Tech 3341 | measure | expected | measured | deviation | tolerance")
+    for case, measure, expected, measured, above, below in rows:
+        print(f"case {case:2d} | {measure:15} | {expected:+6.1f} | {measured:+8.3f} | {measured - expected:+6.3f} | "
+              f"+{above}/-{below}")
+        assert -below <= measured - expected <= above, (case, measured)

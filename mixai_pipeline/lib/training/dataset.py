@@ -48,6 +48,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +227,7 @@ LEFT JOIN features_store fv ON fv.job_id = j.job_id AND fv.clip_kind = 'vocal'
 LEFT JOIN alignments a ON a.job_id = j.job_id
 WHERE {ELIGIBLE_SQL}
   AND l.task = ANY(:tasks)
+  AND (CAST(:received_before AS timestamptz) IS NULL OR j.received_at < CAST(:received_before AS timestamptz))
   AND CASE l.task WHEN 'master_reg' THEN fm.vec IS NOT NULL
                   WHEN 'preset_cls' THEN fm.vec IS NOT NULL AND fv.vec IS NOT NULL
                   WHEN 'align_conf' THEN a.job_id IS NOT NULL END
@@ -251,14 +253,18 @@ def check_layout(conn: Connection, feature_version: str = FEATURE_VERSION) -> No
 
 
 def load_training_set(conn: Connection, *, feature_version: str = FEATURE_VERSION,
-                      tasks: Iterable[str] = TASKS, validate: bool = True) -> pd.DataFrame:
-    """Every eligible labelled (job, task) with its input vector, in ``COLUMNS`` order, sorted by key."""
+                      tasks: Iterable[str] = TASKS, validate: bool = True,
+                      received_before: datetime | None = None) -> pd.DataFrame:
+    """Every eligible labelled (job, task) with its input vector, in ``COLUMNS`` order, sorted by key;
+    with ``received_before``, only uploads that arrived before it (a weekly partition's end: a backfilled
+    week sees the uploads of its time, judged by today's consent)."""
     tasks = list(tasks)
     unknown = set(tasks) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown tasks {sorted(unknown)} (expected some of {', '.join(TASKS)})")
     check_layout(conn, feature_version)
-    rows = conn.execute(text(_TRAINING_ROWS_SQL), {"v": feature_version, "tasks": tasks}).mappings().all()
+    rows = conn.execute(text(_TRAINING_ROWS_SQL), {"v": feature_version, "tasks": tasks,
+                                                   "received_before": received_before}).mappings().all()
     frame = frame_from_rows([dict(r) for r in rows])
     return TRAINING_SET_SCHEMA.validate(frame, lazy=True) if validate else frame
 
