@@ -1,4 +1,5 @@
-"""Weekly training (seed 000 §10): the consented training set of the week; the models follow."""
+"""Weekly training (seed 000 §10): the consented training set of the week, and a model per task
+(grouped 5-fold CV against baselines, ONNX export behind a blocking parity check, registry + MLflow)."""
 
 import tempfile
 from pathlib import Path
@@ -7,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from mixai_pipeline.defs.training.partitions import weekly_training_partitions
-from mixai_pipeline.resources import Database, ObjectStoreResource
+from mixai_pipeline.resources import Database, ObjectStoreResource, Tracking
 
 CONSENT_CHECK = "no_consent_violations"
 
@@ -59,3 +60,76 @@ def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, d
             metadata={"violations": len(violations),
                       "examples": dg.MetadataValue.json(violations.head(20).astype(str).to_dict("records"))})],
     )
+
+
+PARITY_CHECK = "onnx_parity"
+
+
+class ModelConfig(dg.Config):
+    min_samples: int = Field(default=1000, ge=1, description="rows needed to train (the seed's 1,000)")
+    parity_tolerance: float = Field(default=1e-4, gt=0, description="max |onnxruntime - estimator| (regression)")
+
+
+def _model_asset(task: str, description: str):
+    @dg.asset(
+        name=f"{task}_model", partitions_def=weekly_training_partitions, group_name="training",
+        kinds={"sklearn", "onnx", "mlflow"}, deps=[training_set], description=description,
+        check_specs=[dg.AssetCheckSpec(PARITY_CHECK, asset=f"{task}_model", blocking=True,
+                                       description="onnxruntime equals the estimator: within the tolerance "
+                                                   "(regression), identical labels (classification)")],
+    )
+    def model_asset(context: dg.AssetExecutionContext, config: ModelConfig, database: Database,
+                    object_store: ObjectStoreResource, tracking: Tracking):
+        from mixai_pipeline.lib.training import dataset, models, registry
+        from mixai_pipeline.lib.training.onnx_export import parity, to_onnx
+
+        store = object_store.get_store()
+        with tempfile.TemporaryDirectory(prefix="mixai-training-set-") as tmp:
+            path = Path(tmp) / "training_set.parquet"
+            path.write_bytes(store.get_bytes(f"training/sets/{context.partition_key}/training_set.parquet"))
+            frame = dataset.from_parquet(path)
+        digest = dataset.digest(frame)
+        result = models.train_from_frame(frame, task, min_samples=config.min_samples)
+        if result.estimator is None:  # too few rows, or no candidate beat the baselines: say so, register nothing
+            reason = result.skipped_reason or "no candidate beat the baselines: " + "; ".join(result.selection)
+            context.log.warning(f"{task}: not trained: {reason}")
+            yield dg.MaterializeResult(metadata={"trained": False, "reason": reason, "rows": result.n_samples})
+            yield dg.AssetCheckResult(check_name=PARITY_CHECK, passed=True, metadata={"note": "no model to check"})
+            return
+        data = dataset.task_data(frame, task)
+        onnx_bytes = to_onnx(result.estimator, result.input_dim, task=task)
+        report = parity(result.estimator, onnx_bytes, data.X, task=task, tolerance=config.parity_tolerance)
+        yield dg.AssetCheckResult(check_name=PARITY_CHECK, passed=report.passed,
+                                  metadata={k: v for k, v in report.as_dict().items() if k in (
+                                      "reason", "n_rows", "max_abs_diff", "n_label_mismatches", "tolerance")})
+        if not report.passed:
+            raise dg.Failure(f"{task}: ONNX parity failed ({report.reason}); nothing registered")
+        version = registry.model_version(context.partition_key, onnx_bytes)
+        card = registry.model_card(result, report, digest, version)
+        run_id, registered = registry.log_mlflow_run(
+            tracking, result, onnx_bytes, card, version=version, training_set_digest=digest,
+            tags={"dagster_run_id": context.run.run_id, "dagster_asset_key": f"{task}_model",
+                  "dagster_partition": context.partition_key})
+        with database.get_engine().begin() as conn:
+            row = registry.record_model(conn, store, result, onnx_bytes, version=version, parity=report,
+                                        training_set_digest=digest, mlflow_run_id=run_id,
+                                        actor=f"dagster:{task}_model")
+        chosen = result.candidates[result.chosen]
+        metric = result.selection_metric
+        yield dg.MaterializeResult(metadata={
+            "trained": True, "chosen": result.chosen, "version": version, "model_id": row["model_id"],
+            "rows": result.n_samples, "groups": result.n_groups, f"cv_{metric}": round(chosen.mean(metric), 4),
+            **{f"baseline_{name}_{metric}": round(b.mean(metric), 4) for name, b in result.baselines.items()
+               if metric in b.metrics},
+            "mlflow_run_id": run_id, "mlflow_model_version": registered, "object_key": row["key"],
+            "model_card": dg.MetadataValue.md(card),
+        })
+
+    return model_asset
+
+
+master_reg_model = _model_asset("master_reg", "StandardScaler → MultiOutput(Ridge, alpha searched in grouped "
+                                              "inner CV): the four master parameters from the mix's features.")
+preset_cls_model = _model_asset("preset_cls", "StandardScaler → LogisticRegression, with LightGBM (early "
+                                              "stopping) as a challenger: the preset from vocal + mix features.")
+align_conf_model = _model_asset("align_conf", "A small classifier on the alignment statistics: ok / warn / fail.")
