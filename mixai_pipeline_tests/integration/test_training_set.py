@@ -71,7 +71,8 @@ def test_the_schedule_fires_sunday_0400_tokyo_for_the_week_that_ended():
     assert weekly_training_schedule.cron_schedule == "0 4 * * 0"
     assert weekly_training_schedule.execution_timezone == "Asia/Tokyo"
     fire = datetime(2025, 9, 14, 4, tzinfo=TOKYO)
-    with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=fire)
-        [request] = weekly_training_schedule.evaluate_tick(context).run_requests
+    # No instance: evaluating with one leaves Dagster's definitions-load context pointing at it after it
+    # is gone, which breaks every later materialize in the session.
+    [request] = weekly_training_schedule.evaluate_tick(
+        dg.build_schedule_context(scheduled_execution_time=fire)).run_requests
     assert request.partition_key == WEEK
