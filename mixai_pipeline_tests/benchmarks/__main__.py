@@ -1,16 +1,23 @@
 """Run the benchmarks and print one JSON document: ``python -m mixai_pipeline_tests.benchmarks [name ...]``
-(names: ingestion, features, pipeline, midi; default all)."""
+(names: ingestion, features, pipeline, midi, inference; default all)."""
 
 import json
 import sys
 
-from mixai_pipeline_tests.benchmarks import bench_features, bench_ingestion, bench_midi, bench_pipeline
+from mixai_pipeline_tests.benchmarks import (
+    bench_features,
+    bench_inference,
+    bench_ingestion,
+    bench_midi,
+    bench_pipeline,
+)
 
 BENCHMARKS = {
     "ingestion": bench_ingestion.run,
     "features": bench_features.run,
     "pipeline": bench_pipeline.run,
     "midi": bench_midi.run,
+    "inference": bench_inference.run,
 }
 
 
