@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from mixai_pipeline.lib.training.inference import new_session, validate_input
+
 TARGET_OPSET: dict[str, int] = {"": 17, "ai.onnx.ml": 3}
 INPUT_NAME = "input"
 DEFAULT_TOLERANCE = 1e-4
@@ -276,21 +278,6 @@ class ParityReport:
         return asdict(self)
 
 
-def _checked_rows(X: Any) -> np.ndarray:
-    try:
-        with np.errstate(over="ignore"):  # too large for float32 -> inf, reported below
-            arr = np.asarray(X, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"X must be numeric (float32-castable): {exc}") from exc
-    if arr.ndim != 2:
-        raise ValueError(f"X must be 2-D [n_rows, n_features], got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError("X has no rows")
-    if not np.isfinite(arr).all():
-        raise ValueError("X has non-finite values (NaN/inf, or beyond float32 range)")
-    return np.ascontiguousarray(arr)
-
-
 def _floats(values: np.ndarray) -> list[float]:
     return [float(v) for v in np.ravel(values)]
 
@@ -304,7 +291,7 @@ def parity(estimator: Any, onnx_bytes: bytes, X: Any, *, task: str,
     """Compare onnxruntime on ``onnx_bytes`` with ``estimator`` on rows ``X`` (module docstring: rules).
     Never raises on a mismatch or an unloadable model: returns ``passed=False`` with the reason."""
     kind = task_kind(task)
-    rows = _checked_rows(X)
+    rows = validate_input(X)  # the width is not checked here: a mismatch is a failed report below
     fitted = getattr(estimator, "n_features_in_", None)
     if fitted is not None and int(fitted) != rows.shape[1]:
         raise ValueError(f"X has {rows.shape[1]} columns but the estimator was fitted on {fitted} features")
@@ -312,8 +299,6 @@ def parity(estimator: Any, onnx_bytes: bytes, X: Any, *, task: str,
 
     def failed(reason: str, **extra: Any) -> ParityReport:
         return ParityReport(passed=False, reason=reason, kind=kind, n_rows=n, tolerance=tolerance, **extra)
-
-    from .inference import new_session
 
     try:
         session = new_session(onnx_bytes)
