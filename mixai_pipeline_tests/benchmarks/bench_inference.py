@@ -25,6 +25,12 @@ def _percentiles(seconds: list[float]) -> dict:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4)}
 
 
+def _seconds(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
 def run() -> dict:
     frame = synthetic.synthetic_training_set(1500, seed=11)
     cache = OnnxModelCache()
@@ -43,21 +49,11 @@ def run() -> dict:
             ours, theirs = [], []
             for i in range(CALLS):
                 row = rows[i % len(rows)][None, :]
-                start = time.perf_counter()
-                predictor.predict(key, row)
-                ours.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                estimator.predict(row)
-                theirs.append(time.perf_counter() - start)
+                ours.append(_seconds(predictor.predict, key, row))
+                theirs.append(_seconds(estimator.predict, row))
             batch = rows[:BATCH]
-            ours_batch, theirs_batch = [], []
-            for _ in range(5):
-                start = time.perf_counter()
-                predictor.predict(key, batch)
-                ours_batch.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                estimator.predict(batch)
-                theirs_batch.append(time.perf_counter() - start)
+            ours_batch, theirs_batch = zip(*[(_seconds(predictor.predict, key, batch),
+                                              _seconds(estimator.predict, batch)) for _ in range(5)], strict=True)
             out[task] = {
                 "model": result.chosen, "input_dim": int(rows.shape[1]),
                 "onnxruntime_predictor_single_row": _percentiles(ours),

@@ -192,8 +192,13 @@ def groove_pack() -> dict:
     project_s, baseline_s = statistics.median(project_times), statistics.median(baseline_times)
     n_project, n_baseline = len(result.loops), len(baseline.loops)
 
-    def phase_medians(phases: list[dict]) -> dict:
-        return {name: round(statistics.median(p[name] for p in phases), 3) for name in phases[0]}
+    def side(stage1, n_loops: int, seconds: float, phases: list[dict]) -> dict:
+        return {
+            "files_accepted": stage1.files_accepted, "windows_sliced": stage1.windows_sliced, "loops": n_loops,
+            "counts": {k: v for k, v in sorted(stage1.counts.items()) if v}, "seconds": round(seconds, 3),
+            "seconds_by_phase": {name: round(statistics.median(p[name] for p in phases), 3) for name in phases[0]},
+            "loops_per_s": round(n_loops / seconds, 1),
+        }
 
     return {
         "pack": str(settings.groove_midi_dir()),
@@ -202,24 +207,8 @@ def groove_pack() -> dict:
         "repeats": REPEATS,
         "threads": 1,
         "files": len(files),
-        "project": {
-            "files_accepted": result.files_accepted,
-            "windows_sliced": result.windows_sliced,
-            "loops": n_project,
-            "counts": {k: v for k, v in sorted(result.counts.items()) if v},
-            "seconds": round(project_s, 3),
-            "seconds_by_phase": phase_medians(project_phases),
-            "loops_per_s": round(n_project / project_s, 1),
-        },
-        "pretty_midi_baseline": {
-            "files_accepted": baseline.files_accepted,
-            "windows_sliced": baseline.windows_sliced,
-            "loops": n_baseline,
-            "counts": {k: v for k, v in sorted(baseline.counts.items()) if v},
-            "seconds": round(baseline_s, 3),
-            "seconds_by_phase": phase_medians(baseline_phases),
-            "loops_per_s": round(n_baseline / baseline_s, 1),
-        },
+        "project": side(result, n_project, project_s, project_phases),
+        "pretty_midi_baseline": side(baseline, n_baseline, baseline_s, baseline_phases),
         "speedup": round(baseline_s / project_s, 2),
         "speedup_per_loop": round((n_project / project_s) / (n_baseline / baseline_s), 2),
         "notes_lost_by_pretty_midi": {

@@ -25,6 +25,7 @@ from pathlib import Path
 import dagster as dg
 import soundfile as sf
 import yaml
+from sqlalchemy.engine import make_url
 
 from mixai_pipeline.defs.audio.assets import aligned_stems, features_store, labels, masters, mixes, previews
 from mixai_pipeline.defs.ingestion.assets import uploads
@@ -70,7 +71,7 @@ def _render_pair(workdir: Path, corpus_path: str, patch: str, bpm: int, offset_m
 def _dagster_instance(home: Path, admin_uri: str) -> dg.DagsterInstance:
     home.mkdir(parents=True, exist_ok=True)
     url = fresh_database(admin_uri, migrated=False)
-    postgres_url = with_database(url, url.rsplit("/", 1)[1].split("?")[0], "psycopg2")
+    postgres_url = with_database(url, make_url(url).database, "psycopg2")
     (home / "dagster.yaml").write_text(yaml.safe_dump({
         "storage": {"postgres": {"postgres_url": postgres_url}}, "telemetry": {"enabled": False}}))
     return dg.DagsterInstance.from_config(str(home))

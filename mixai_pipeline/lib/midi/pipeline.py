@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -87,9 +88,7 @@ def stage1_for_pack(store: ObjectStore, engine: Engine, pack_id: str, settings: 
     }
     store.put_bytes(derived_key(pack_id, "stage1_report.json"), json.dumps(report, default=str).encode(),
                     "application/json")
-    loops_per_file: dict[str, int] = {}
-    for loop in result.loops:
-        loops_per_file[loop.source.get("path", "")] = loops_per_file.get(loop.source.get("path", ""), 0) + 1
+    loops_per_file = Counter(loop.source.get("path", "") for loop in result.loops)
     with engine.begin() as conn:
         packs.record_stage1_verdicts(conn, pack_id, result.rejected_files, loops_per_file)
     return result

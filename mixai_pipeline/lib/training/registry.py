@@ -30,7 +30,9 @@ def git_commit() -> str | None:
                              text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def model_version(week: str, onnx_bytes: bytes) -> str:
