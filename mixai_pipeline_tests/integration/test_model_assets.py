@@ -62,7 +62,11 @@ def test_models_are_trained_registered_and_tracked(engine, db_url, local_store, 
         assert sorted(h.step for h in history) == [0, 1, 2, 3, 4]  # one value per fold
         [version] = tracking.client().search_model_versions(f"name='mixai-{name}'")
         assert version.tags["dagster_asset_key"] == f"{name}_model"
-    assert meta(result, "master_reg_model")["cv_mae"] < meta(result, "master_reg_model")["baseline_mean_mae"]
+    assert meta(result, "master_reg_model")["cv_ridge_mae"] < meta(result, "master_reg_model")["baseline_mean_mae"]
+    with engine.connect() as conn:
+        jobs = conn.execute(text("SELECT task, status, model_id, dagster_run_id FROM training_jobs")).all()
+    assert {(j.task, j.status, j.model_id) for j in jobs} == {(n, "succeeded", r.id) for n, r in rows.items()}
+    assert {j.dagster_run_id for j in jobs} == {result.run_id}
 
     again, _ = train(db_url, local_store, tmp_path, min_samples=50, assets=[master_reg_model])
     assert again.success and meta(again, "master_reg_model")["version"] == rows["master_reg"].version
@@ -78,6 +82,8 @@ def test_too_few_samples_skip_with_a_reason(engine, db_url, local_store, tmp_pat
         assert m["trained"] is False and "fewer than the 100000 required" in m["reason"]
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM model_registry")).scalar() == 0
+        statuses = conn.execute(text("SELECT status, count(*) FROM training_jobs GROUP BY status")).all()
+    assert statuses == [("skipped", 3)]
 
 
 def test_failing_parity_blocks_registration(engine, db_url, local_store, tmp_path, week_set, monkeypatch):
@@ -92,4 +98,6 @@ def test_failing_parity_blocks_registration(engine, db_url, local_store, tmp_pat
     assert check.check_name == PARITY_CHECK and not check.passed
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM model_registry")).scalar() == 0
+        [job] = conn.execute(text("SELECT task, status, reason FROM training_jobs")).all()
+    assert job.status == "failed" and "parity failed (max |diff| 0.3 > 1e-4)" in job.reason
     assert not list(local_store.list("models/"))

@@ -68,6 +68,34 @@ PARITY_CHECK = "onnx_parity"
 class ModelConfig(dg.Config):
     min_samples: int = Field(default=1000, ge=1, description="rows needed to train (the seed's 1,000)")
     parity_tolerance: float = Field(default=1e-4, gt=0, description="max |onnxruntime - estimator| (regression)")
+    n_jobs: int = Field(default=2, ge=1, description="cross-validation folds fitted at once (one core each)")
+
+
+def outcome_metadata(outcome) -> dict:
+    """What the UI shows for one task's training: the choice, its CV score beside the baselines, where it went."""
+    s = outcome.summary()
+    metric = s["metric"]
+    meta = {"trained": outcome.registered, "status": outcome.status, "rows": s["rows"], "groups": s["groups"],
+            "training_job_id": outcome.training_job_id,
+            **{f"cv_{name}_{metric}": value for name, value in s["candidates"].items()},
+            **{f"baseline_{name}_{metric}": value for name, value in s["baselines"].items()},
+            "seconds": dg.MetadataValue.json(s["seconds"])}
+    if outcome.reason:
+        meta["reason"] = outcome.reason
+    if outcome.registered:
+        meta.update(chosen=s["chosen"], version=s["version"], model_id=s["model_id"],
+                    mlflow_run_id=s["mlflow_run_id"], mlflow_model_version=s["mlflow_model_version"],
+                    object_key=s["object_key"], model_card=dg.MetadataValue.md(outcome.registration.card))
+    return meta
+
+
+def parity_check_result(outcome) -> dg.AssetCheckResult:
+    if outcome.registration is None:
+        return dg.AssetCheckResult(check_name=PARITY_CHECK, passed=True, metadata={"note": "no model to check"})
+    report = outcome.registration.parity
+    return dg.AssetCheckResult(check_name=PARITY_CHECK, passed=report.passed, metadata={
+        k: v for k, v in report.as_dict().items()
+        if k in ("reason", "n_rows", "max_abs_diff", "n_label_mismatches", "tolerance")})
 
 
 def _model_asset(task: str, description: str):
@@ -80,50 +108,26 @@ def _model_asset(task: str, description: str):
     )
     def model_asset(context: dg.AssetExecutionContext, config: ModelConfig, database: Database,
                     object_store: ObjectStoreResource, tracking: Tracking):
-        from mixai_pipeline.lib.training import dataset, models, registry
-        from mixai_pipeline.lib.training.onnx_export import parity, to_onnx
+        from mixai_pipeline.lib.training import dataset, runs
 
         store = object_store.get_store()
         with tempfile.TemporaryDirectory(prefix="mixai-training-set-") as tmp:
             path = Path(tmp) / "training_set.parquet"
             path.write_bytes(store.get_bytes(f"training/sets/{context.partition_key}/training_set.parquet"))
             frame = dataset.from_parquet(path)
-        digest = dataset.digest(frame)
-        result = models.train_from_frame(frame, task, min_samples=config.min_samples)
-        if result.estimator is None:  # too few rows, or no candidate beat the baselines: say so, register nothing
-            reason = result.skipped_reason or "no candidate beat the baselines: " + "; ".join(result.selection)
-            context.log.warning(f"{task}: not trained: {reason}")
-            yield dg.MaterializeResult(metadata={"trained": False, "reason": reason, "rows": result.n_samples})
-            yield dg.AssetCheckResult(check_name=PARITY_CHECK, passed=True, metadata={"note": "no model to check"})
-            return
-        data = dataset.task_data(frame, task)
-        onnx_bytes = to_onnx(result.estimator, result.input_dim, task=task)
-        report = parity(result.estimator, onnx_bytes, data.X, task=task, tolerance=config.parity_tolerance)
-        yield dg.AssetCheckResult(check_name=PARITY_CHECK, passed=report.passed,
-                                  metadata={k: v for k, v in report.as_dict().items() if k in (
-                                      "reason", "n_rows", "max_abs_diff", "n_label_mismatches", "tolerance")})
-        if not report.passed:
-            raise dg.Failure(f"{task}: ONNX parity failed ({report.reason}); nothing registered")
-        version = registry.model_version(context.partition_key, onnx_bytes)
-        card = registry.model_card(result, report, digest, version)
-        run_id, registered = registry.log_mlflow_run(
-            tracking, result, onnx_bytes, card, version=version, training_set_digest=digest,
+        outcome = runs.train_and_register(
+            frame, task, store=store, engine=database.get_engine(), tracking=tracking,
+            version_label=context.partition_key, training_set_digest=dataset.digest(frame),
+            actor=f"dagster:{task}_model", min_samples=config.min_samples, parity_tolerance=config.parity_tolerance,
+            n_jobs=config.n_jobs, dagster_run_id=context.run.run_id,
             tags={"dagster_run_id": context.run.run_id, "dagster_asset_key": f"{task}_model",
                   "dagster_partition": context.partition_key})
-        with database.get_engine().begin() as conn:
-            row = registry.record_model(conn, store, result, onnx_bytes, version=version, parity=report,
-                                        training_set_digest=digest, mlflow_run_id=run_id,
-                                        actor=f"dagster:{task}_model")
-        chosen = result.candidates[result.chosen]
-        metric = result.selection_metric
-        yield dg.MaterializeResult(metadata={
-            "trained": True, "chosen": result.chosen, "version": version, "model_id": row["model_id"],
-            "rows": result.n_samples, "groups": result.n_groups, f"cv_{metric}": round(chosen.mean(metric), 4),
-            **{f"baseline_{name}_{metric}": round(b.mean(metric), 4) for name, b in result.baselines.items()
-               if metric in b.metrics},
-            "mlflow_run_id": run_id, "mlflow_model_version": registered, "object_key": row["key"],
-            "model_card": dg.MetadataValue.md(card),
-        })
+        if outcome.status == "skipped":  # too few rows, or no candidate beat the baselines: say so
+            context.log.warning(f"{task}: not trained: {outcome.reason}")
+        yield parity_check_result(outcome)
+        if outcome.status == "failed":
+            raise dg.Failure(f"{task}: {outcome.reason}")
+        yield dg.MaterializeResult(metadata=outcome_metadata(outcome))
 
     return model_asset
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,8 @@ def model_card(result: TrainingResult, parity: ParityReport, training_set_digest
     """The human-readable summary logged with the run."""
     metrics = list(result.candidates[result.chosen].metrics)
     lines = [f"# {result.task} {version}", "",
-             f"Chosen: **{result.chosen}** by cross-validated {result.selection_metric} "
-             f"({result.n_splits}-fold, grouped by user/song; {result.n_samples} rows, {result.n_groups} groups).",
+             f"Chosen: **{result.chosen}** by {result.selection_metric}, {result.evaluation} "
+             f"({result.n_samples} rows, {result.n_groups} groups).",
              f"Training set digest: `{training_set_digest}`.", "", "| model | " + " | ".join(metrics) + " |",
              "|---|" + "---|" * len(metrics)]
     for name, scores in {**result.candidates, **result.baselines}.items():
@@ -61,11 +62,12 @@ def _cell(scores, metric: str) -> str:
 
 
 def log_mlflow_run(tracking, result: TrainingResult, onnx_bytes: bytes, card: str, *, version: str,
-                   training_set_digest: str, tags: dict[str, str]) -> tuple[str, str | None]:
+                   training_set_digest: str, tags: dict[str, str],
+                   experiment: str = EXPERIMENT) -> tuple[str, str | None]:
     """An MLflow run with params, per-fold metrics (step = fold), the ONNX file and the model card; the
     model registered as ``mixai-<task>`` with the run's tags. Returns (run id, registered version)."""
     client = tracking.client()
-    experiment_id = tracking.ensure_experiment(EXPERIMENT)
+    experiment_id = tracking.ensure_experiment(experiment)
     run = client.create_run(experiment_id, run_name=f"{result.task} {version}", tags=tags)
     run_id = run.info.run_id
     params = {"task": result.task, "chosen": result.chosen, "n_samples": result.n_samples,
@@ -130,3 +132,85 @@ def record_model(conn: Connection, store, result: TrainingResult, onnx_bytes: by
     write_audit(conn, actor=actor, action="model.registered", target_type="model", target_id=str(model_id),
                 details={"name": result.task, "version": version, "mlflow_run_id": mlflow_run_id})
     return {"model_id": model_id, "version": version, "key": key, "sha256": sha256(onnx_bytes)}
+
+
+@dataclass
+class Registration:
+    """What ``export_and_register`` did: the parity verdict always; the rest only when parity passed."""
+
+    parity: ParityReport
+    version: str | None = None
+    model_id: int | None = None
+    key: str | None = None
+    sha256: str | None = None
+    mlflow_run_id: str | None = None
+    mlflow_model_version: str | None = None
+    card: str | None = None
+
+    @property
+    def registered(self) -> bool:
+        return self.model_id is not None
+
+
+def export_and_register(result: TrainingResult, X_check: np.ndarray, *, store, engine, tracking, version_label: str,
+                        training_set_digest: str, tags: dict[str, str], actor: str,
+                        parity_tolerance: float = 1e-4, experiment: str = EXPERIMENT) -> Registration:
+    """The chosen model of ``result`` to ONNX, checked for parity on ``X_check`` (its training rows); when it
+    holds, logged to MLflow and recorded (object store + ``model_registry`` + audit) as a candidate named
+    ``<version_label>-<sha12>``. A parity failure registers nothing (``Registration.registered`` is False)."""
+    from mixai_pipeline.lib.training.onnx_export import parity, to_onnx
+
+    if result.estimator is None:
+        raise ValueError(f"{result.task}: no model was chosen ({result.skipped_reason or 'see selection'})")
+    target_names = result.output_names if result.kind == "regression" else None
+    onnx_bytes = to_onnx(result.estimator, result.input_dim, task=result.task, target_names=target_names)
+    report = parity(result.estimator, onnx_bytes, X_check, task=result.task, tolerance=parity_tolerance)
+    if not report.passed:
+        return Registration(parity=report)
+    version = model_version(version_label, onnx_bytes)
+    card = model_card(result, report, training_set_digest, version)
+    run_id, registered = log_mlflow_run(tracking, result, onnx_bytes, card, version=version,
+                                        training_set_digest=training_set_digest, tags=tags, experiment=experiment)
+    with engine.begin() as conn:
+        row = record_model(conn, store, result, onnx_bytes, version=version, parity=report,
+                           training_set_digest=training_set_digest, mlflow_run_id=run_id, actor=actor)
+    return Registration(parity=report, version=version, model_id=row["model_id"], key=row["key"],
+                        sha256=row["sha256"], mlflow_run_id=run_id, mlflow_model_version=registered, card=card)
+
+
+def record_training_job(conn: Connection, result: TrainingResult, *, status: str, reason: str | None,
+                        training_set_digest: str | None, model_id: int | None, dagster_run_id: str | None,
+                        started_at) -> int:
+    """One ``training_jobs`` row per training attempt: succeeded (a model registered), skipped (too few rows,
+    or nothing beat the baselines) or failed (e.g. parity)."""
+    return conn.execute(text(
+        """INSERT INTO training_jobs (task, status, reason, n_samples, training_set_digest, model_id, dagster_run_id,
+                                      started_at, finished_at)
+           VALUES (:task, :status, :reason, :n, :digest, :model_id, :run, :started, greatest(now(), :started))
+           RETURNING id"""),
+        {"task": result.task, "status": status, "reason": reason, "n": result.n_samples,
+         "digest": training_set_digest, "model_id": model_id, "run": dagster_run_id,
+         "started": started_at}).scalar_one()
+
+
+def list_models(conn: Connection, task: str | None = None) -> list[dict]:
+    """Registered models, newest first, with their headline metric (the chosen candidate's mean)."""
+    rows = conn.execute(text(
+        """SELECT id, name, version, status, rollout_percent, framework, created_at, created_by, mlflow_run_id,
+                  training_set_digest, metrics
+           FROM model_registry WHERE (CAST(:task AS text) IS NULL OR name = :task)
+           ORDER BY created_at DESC, id DESC"""), {"task": task}).mappings().all()
+    return [{**{k: v for k, v in r.items() if k != "metrics"}, **headline(r["metrics"] or {})} for r in rows]
+
+
+def headline(metrics: dict) -> dict:
+    """The selection metric of the chosen candidate and of the best baseline, from ``model_registry.metrics``."""
+    metric, chosen = metrics.get("selection_metric"), metrics.get("chosen")
+    scores = (metrics.get("candidates") or {}).get(chosen or "", {}).get("metrics", {})
+    value = scores.get(metric, {}).get("mean") if metric else None
+    baseline_values = [b.get("metrics", {}).get(metric, {}).get("mean") for b in
+                       (metrics.get("baselines") or {}).values()]
+    baseline_values = [v for v in baseline_values if v is not None]
+    best_baseline = (min(baseline_values) if metric == "mae" else max(baseline_values)) if baseline_values else None
+    return {"metric": metric, "value": value, "baseline": best_baseline, "n_samples": metrics.get("n_samples"),
+            "evaluation": metrics.get("evaluation")}

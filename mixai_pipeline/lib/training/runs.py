@@ -1,0 +1,106 @@
+"""One training attempt for one task, start to finish, shared by the weekly assets, the operator's "train now"
+(job and CLI), the demo and the benchmark: grouped 5-fold CV and selection (``models``), then ONNX export
+behind the parity gate, MLflow and the registry (``registry.export_and_register``), and a ``training_jobs``
+row whatever happened (succeeded, skipped with the reason, or failed parity).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from mixai_pipeline.lib.training import dataset, models, registry
+
+
+@dataclass
+class TaskOutcome:
+    task: str
+    status: str                                   # succeeded | skipped | failed
+    reason: str | None
+    result: models.TrainingResult
+    registration: registry.Registration | None
+    training_job_id: int
+    seconds: dict[str, float] = field(default_factory=dict)   # train (CV + refit), register (ONNX .. registry)
+
+    @property
+    def registered(self) -> bool:
+        return self.registration is not None and self.registration.registered
+
+    def summary(self) -> dict:
+        """The headline numbers (asset metadata, CLI and demo tables)."""
+        r, reg = self.result, self.registration
+        out: dict = {"task": self.task, "status": self.status, "reason": self.reason, "rows": r.n_samples,
+                     "groups": r.n_groups, "chosen": r.chosen, "metric": r.selection_metric,
+                     "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
+        if r.chosen:
+            out["cv"] = round(r.candidates[r.chosen].mean(r.selection_metric), 4)
+        out["candidates"] = {n: round(s.mean(r.selection_metric), 4) for n, s in r.candidates.items()}
+        out["baselines"] = {n: round(s.mean(r.selection_metric), 4) for n, s in r.baselines.items()}
+        if reg is not None and reg.registered:
+            out.update(version=reg.version, model_id=reg.model_id, mlflow_run_id=reg.mlflow_run_id,
+                       mlflow_model_version=reg.mlflow_model_version, object_key=reg.key)
+        return out
+
+
+def train_and_register(frame: pd.DataFrame, task: str, *, store, engine, tracking, version_label: str,
+                       training_set_digest: str, actor: str, tags: dict[str, str] | None = None,
+                       min_samples: int = dataset.MIN_SAMPLES, parity_tolerance: float = 1e-4, n_jobs: int = 1,
+                       dagster_run_id: str | None = None) -> TaskOutcome:
+    """Train ``task`` on the training-set ``frame`` and, if a candidate beat the baselines and its ONNX export
+    passes parity, register it. Never raises for "too few rows", "nothing beat the baseline" or a parity
+    failure: the outcome says which, and ``training_jobs`` records it."""
+    started_at = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    result = models.train_from_frame(frame, task, min_samples=min_samples, n_jobs=n_jobs)
+    seconds = {"train": time.perf_counter() - t0}
+    registration, status, reason = None, "skipped", None
+    if result.estimator is None:
+        reason = result.skipped_reason or "no candidate beat the baselines: " + "; ".join(result.selection)
+    else:
+        t1 = time.perf_counter()
+        registration = registry.export_and_register(
+            result, dataset.task_data(frame, task).X, store=store, engine=engine, tracking=tracking,
+            version_label=version_label, training_set_digest=training_set_digest, actor=actor,
+            tags=tags or {}, parity_tolerance=parity_tolerance)
+        seconds["register"] = time.perf_counter() - t1
+        if registration.registered:
+            status = "succeeded"
+        else:
+            status, reason = "failed", f"ONNX parity failed ({registration.parity.reason}); nothing registered"
+    with engine.begin() as conn:
+        job_id = registry.record_training_job(
+            conn, result, status=status, reason=reason, training_set_digest=training_set_digest,
+            model_id=registration.model_id if registration else None, dagster_run_id=dagster_run_id,
+            started_at=started_at)
+    return TaskOutcome(task, status, reason, result, registration, job_id, seconds)
+
+
+def outcome_table(outcomes: Sequence[TaskOutcome]) -> list[str]:
+    """Plain-text lines: per task the chosen model's CV score beside each baseline's, and where it went."""
+    lines = [f"  {'task':11} {'rows':>6} {'metric':8} {'chosen':>16} {'baselines':32} {'status':10} "
+             "version / MLflow run"]
+    for o in outcomes:
+        s = o.summary()
+        chosen = f"{s['chosen']} {s['cv']:.4f}" if s.get("cv") is not None else "—"
+        baselines = ", ".join(f"{n} {v:.4f}" for n, v in s["baselines"].items()) or "—"
+        where = f"{s['version']} / {s['mlflow_run_id']}" if o.registered else (o.reason or "")
+        lines.append(f"  {o.task:11} {s['rows']:>6} {s['metric']:8} {chosen:>16} {baselines:32} {o.status:10} {where}")
+    return lines
+
+
+def train_all(frame: pd.DataFrame, tasks: Sequence[str] = dataset.TASKS, *, log: Callable[[str], None] = print,
+              **kwargs) -> list[TaskOutcome]:
+    """``train_and_register`` for each task in turn, logging one line per task as it finishes."""
+    outcomes = []
+    for task in tasks:
+        outcome = train_and_register(frame, task, **kwargs)
+        s = outcome.summary()
+        log(f"{task}: {outcome.status} in {sum(outcome.seconds.values()):.1f} s"
+            + (f" ({s['chosen']} {s['metric']} {s['cv']:.4f})" if s.get("cv") is not None else "")
+            + (f": {outcome.reason}" if outcome.reason else ""))
+        outcomes.append(outcome)
+    return outcomes
