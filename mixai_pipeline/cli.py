@@ -8,6 +8,12 @@
     mixai dev               Dagster UI + daemon on 127.0.0.1 (what `make dev` runs)
     mixai midi import-pack PATH [--name NAME] [--metadata CSV]
                             upload a folder of MIDI loops and its metadata CSV as a pack
+    mixai train [--task T ...] [--min-samples N] [--actor NAME] [--reason TEXT]
+                            train now on the consented set as of now; register what passes (train_now_job)
+    mixai models list [--task T]
+                            registered models with their headline metric beside the best baseline
+    mixai models register FILE --task T [--note TEXT] [--version-label L] [--actor NAME]
+                            check an ONNX file serves the task; register it as a candidate
 """
 
 from __future__ import annotations
@@ -91,6 +97,63 @@ def _midi_import_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_operator_job(job_name: str, op_name: str, config: dict) -> tuple[bool, object]:
+    """Run an operator job in this process against the project's Dagster instance (so the UI lists the run):
+    whether it succeeded, and the op's output (or the failure's message)."""
+    from dagster import DagsterInstance
+
+    from mixai_pipeline.definitions import defs
+    from mixai_pipeline.runtime import prepare_environment
+
+    prepare_environment()
+    job = defs().resolve_job_def(job_name)
+    with DagsterInstance.get() as instance:
+        result = job.execute_in_process(run_config={"ops": {op_name: {"config": config}}}, instance=instance,
+                                        raise_on_error=False)
+    if result.success:
+        return True, result.output_for_node(op_name)
+    failures = [e.step_failure_data.error for e in result.all_events if e.is_step_failure]
+    return False, "; ".join(f.message.strip() for f in failures if f) or "the run failed"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mixai_pipeline.lib.training.dataset import TASKS
+
+    config = {"tasks": args.task or list(TASKS), "min_samples": args.min_samples, "actor": args.actor,
+              "reason": args.reason}
+    ok, output = _run_operator_job("train_now_job", "train_now", config)
+    if not ok:
+        print(f"mixai train: {output}", file=sys.stderr)
+        return 1
+    for s in output:
+        where = f"registered {s['version']} (MLflow run {s['mlflow_run_id']})" if s.get("version") else s["reason"]
+        cv = f"{s['chosen']} {s['metric']} {s['cv']:.4f}" if s.get("cv") is not None else "no model"
+        baselines = ", ".join(f"{n} {v:.4f}" for n, v in s["baselines"].items())
+        print(f"{s['task']:10}  {s['rows']:>6} rows  {cv}  (baselines: {baselines or '—'})  {where}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from mixai_pipeline.lib.training import registry
+    from mixai_pipeline.resources.database import engine_for
+    from mixai_pipeline.runtime import prepare_environment
+
+    if args.models_command == "list":  # read-only: no run needed
+        env = prepare_environment()
+        with engine_for(env.database_url).connect() as conn:
+            print("\n".join(registry.models_table(registry.list_models(conn, args.task))))
+        return 0
+    config = {"task": args.task, "path": os.path.abspath(args.file), "version_label": args.version_label,
+              "note": args.note, "actor": args.actor}
+    ok, output = _run_operator_job("register_model_file_job", "register_model_file", config)
+    if not ok:
+        print(f"mixai models register: {output}", file=sys.stderr)
+        return 1
+    print(f"{args.task} {output['version']} registered as a candidate (model id {output['model_id']}, "
+          f"sha256 {output['sha256'][:12]})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mixai", description="Operator commands of the MIXAI data platform.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +184,26 @@ def main(argv: list[str] | None = None) -> int:
     pack.add_argument("--name", help="pack name (default: the folder's name)")
     pack.add_argument("--metadata", help="the metadata CSV, when it is not in the folder")
     pack.set_defaults(handler=_midi_import_pack)
+
+    tasks = ("master_reg", "preset_cls", "align_conf")
+    train = sub.add_parser("train", help="train now on the consented training set as of now (train_now_job)")
+    train.add_argument("--task", action="append", choices=tasks, help="a task (repeatable; default: all three)")
+    train.add_argument("--min-samples", type=int, default=1000, help="rows a task needs (default 1000)")
+    train.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who asks (audit_logs)")
+    train.add_argument("--reason", default="", help="why (audit_logs)")
+    train.set_defaults(handler=_train)
+
+    models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command", required=True)
+    listing = models.add_parser("list", help="registered models with their metrics")
+    listing.add_argument("--task", choices=tasks)
+    listing.set_defaults(handler=_models)
+    register = models.add_parser("register", help="register an ONNX model file as a candidate")
+    register.add_argument("file", help="the .onnx file")
+    register.add_argument("--task", required=True, choices=tasks)
+    register.add_argument("--note", default="", help="where the model comes from")
+    register.add_argument("--version-label", default="", help="version prefix (default upload-<UTC date>)")
+    register.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who registers (audit_logs)")
+    register.set_defaults(handler=_models)
 
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -1,9 +1,6 @@
 """Weekly training (seed 000 §10): the consented training set of the week, and a model per task
 (grouped 5-fold CV against baselines, ONNX export behind a blocking parity check, registry + MLflow)."""
 
-import tempfile
-from pathlib import Path
-
 import dagster as dg
 from pydantic import Field
 
@@ -37,11 +34,8 @@ def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, d
     with engine.connect() as conn:
         frame = dataset.load_training_set(conn, received_before=window.end)
         violations = dataset.consent_violations(conn, frame)
-    key = f"training/sets/{context.partition_key}/training_set.parquet"
-    with tempfile.TemporaryDirectory(prefix="mixai-training-set-") as tmp:
-        path = Path(tmp) / "training_set.parquet"
-        digest = dataset.to_parquet(frame, path)
-        object_store.get_store().put_file(key, path, "application/vnd.apache.parquet")
+    key = dataset.set_key(context.partition_key)
+    digest = dataset.put_to_store(frame, object_store.get_store(), key)
     counts = dataset.task_counts(frame)
     below = {task: f"{n} rows < min_samples {config.min_samples}" for task, n in counts.items()
              if n < config.min_samples}
@@ -111,10 +105,7 @@ def _model_asset(task: str, description: str):
         from mixai_pipeline.lib.training import dataset, runs
 
         store = object_store.get_store()
-        with tempfile.TemporaryDirectory(prefix="mixai-training-set-") as tmp:
-            path = Path(tmp) / "training_set.parquet"
-            path.write_bytes(store.get_bytes(f"training/sets/{context.partition_key}/training_set.parquet"))
-            frame = dataset.from_parquet(path)
+        frame = dataset.get_from_store(store, dataset.set_key(context.partition_key))
         outcome = runs.train_and_register(
             frame, task, store=store, engine=database.get_engine(), tracking=tracking,
             version_label=context.partition_key, training_set_digest=dataset.digest(frame),

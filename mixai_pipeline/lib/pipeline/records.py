@@ -110,13 +110,18 @@ def record_master(conn: Connection, job_id: str, data: dict, path: str) -> None:
          "tp": report.get("output_true_peak_dbtp"), "path": path, "report": _json(report)})
 
 
-def record_features(conn: Connection, job_id: str, data: dict, dim_names: tuple[str, ...]) -> None:
-    """The layout row (once per version) and one vector per clip kind, upserted by (job, clip, version)."""
-    version = data["feature_version"]
+def ensure_feature_layout(conn: Connection, version: str, dim_names: tuple[str, ...]) -> None:
+    """The ``feature_layouts`` row of ``version`` (written once; what vectors and models refer to)."""
     conn.execute(text(
         """INSERT INTO feature_layouts (feature_version, n_dim, dim_names, description)
            VALUES (:v, :n, :names, 'seed 000 §5.2 layout + documented extras (lib/features/extract.py)')
            ON CONFLICT (feature_version) DO NOTHING"""), {"v": version, "n": len(dim_names), "names": list(dim_names)})
+
+
+def record_features(conn: Connection, job_id: str, data: dict, dim_names: tuple[str, ...]) -> None:
+    """The layout row (once per version) and one vector per clip kind, upserted by (job, clip, version)."""
+    version = data["feature_version"]
+    ensure_feature_layout(conn, version, dim_names)
     for clip, clip_data in data["clips"].items():
         conn.execute(text(
             """INSERT INTO features_store (job_id, user_id, clip_kind, feature_version, n_dim, vec, stats)

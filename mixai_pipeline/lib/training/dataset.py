@@ -211,12 +211,8 @@ ELIGIBLE_SQL = f"""(
     AND {_NOT_WITHDRAWN_SQL}
     AND NOT EXISTS (SELECT 1 FROM ml_exclusions e WHERE e.job_id = j.job_id OR e.user_id = j.user_id))"""
 
-_TRAINING_ROWS_SQL = f"""
-SELECT j.job_id::text AS job_id, j.user_id::text AS user_id, j.plan, j.bpm,
-       l.task, l.y_reg, l.y_cls, l.quality,
-       fm.vec AS mix_vec, fv.vec AS vocal_vec,
-       a.method, a.confidence, a.dtw_cost, a.tempo_ratio, a.offset_ms, a.stats AS align_stats,
-       (SELECT min(v.sha256) FROM vault_items v WHERE v.job_id = j.job_id AND v.kind = 'inst') AS inst_sha256
+# The eligible, complete labelled rows (one per job and task), shared by the set and the incremental count.
+_ELIGIBLE_LABELS_SQL = f"""
 FROM jobs j
 JOIN ml_consent c ON c.user_id = j.user_id
 JOIN labels l ON l.job_id = j.job_id
@@ -228,10 +224,33 @@ LEFT JOIN alignments a ON a.job_id = j.job_id
 WHERE {ELIGIBLE_SQL}
   AND l.task = ANY(:tasks)
   AND (CAST(:received_before AS timestamptz) IS NULL OR j.received_at < CAST(:received_before AS timestamptz))
+  AND (CAST(:label_id_after AS bigint) IS NULL OR l.id > CAST(:label_id_after AS bigint))
+  AND (CAST(:label_id_upto AS bigint) IS NULL OR l.id <= CAST(:label_id_upto AS bigint))
   AND CASE l.task WHEN 'master_reg' THEN fm.vec IS NOT NULL
                   WHEN 'preset_cls' THEN fm.vec IS NOT NULL AND fv.vec IS NOT NULL
-                  WHEN 'align_conf' THEN a.job_id IS NOT NULL END
+                  WHEN 'align_conf' THEN a.job_id IS NOT NULL END"""
+
+_TRAINING_ROWS_SQL = f"""
+SELECT j.job_id::text AS job_id, j.user_id::text AS user_id, j.plan, j.bpm,
+       l.task, l.y_reg, l.y_cls, l.quality,
+       fm.vec AS mix_vec, fv.vec AS vocal_vec,
+       a.method, a.confidence, a.dtw_cost, a.tempo_ratio, a.offset_ms, a.stats AS align_stats,
+       (SELECT min(v.sha256) FROM vault_items v WHERE v.job_id = j.job_id AND v.kind = 'inst') AS inst_sha256
+{_ELIGIBLE_LABELS_SQL}
 ORDER BY j.job_id, l.task"""
+
+
+def new_labelled_rows(conn: Connection, after: Mapping[str, int], *,
+                      feature_version: str = FEATURE_VERSION) -> dict[str, tuple[int, int | None]]:
+    """Per task: how many training-eligible rows have a label id above ``after[task]`` (0 if absent), and the
+    greatest such id (an incremental update's batch, without loading the vectors)."""
+    out = {}
+    for task in TASKS:
+        n, top = conn.execute(text(f"SELECT count(*), max(l.id) {_ELIGIBLE_LABELS_SQL}"), {
+            "v": feature_version, "tasks": [task], "received_before": None,
+            "label_id_after": int(after.get(task, 0)), "label_id_upto": None}).one()
+        out[task] = (int(n), None if top is None else int(top))
+    return out
 
 
 def empty_frame() -> pd.DataFrame:
@@ -254,17 +273,21 @@ def check_layout(conn: Connection, feature_version: str = FEATURE_VERSION) -> No
 
 def load_training_set(conn: Connection, *, feature_version: str = FEATURE_VERSION,
                       tasks: Iterable[str] = TASKS, validate: bool = True,
-                      received_before: datetime | None = None) -> pd.DataFrame:
+                      received_before: datetime | None = None,
+                      label_ids: tuple[int, int] | None = None) -> pd.DataFrame:
     """Every eligible labelled (job, task) with its input vector, in ``COLUMNS`` order, sorted by key;
     with ``received_before``, only uploads that arrived before it (a weekly partition's end: a backfilled
-    week sees the uploads of its time, judged by today's consent)."""
+    week sees the uploads of its time, judged by today's consent); with ``label_ids`` = (after, upto), only
+    labels whose id is in (after, upto] (an incremental batch)."""
     tasks = list(tasks)
     unknown = set(tasks) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown tasks {sorted(unknown)} (expected some of {', '.join(TASKS)})")
     check_layout(conn, feature_version)
-    rows = conn.execute(text(_TRAINING_ROWS_SQL), {"v": feature_version, "tasks": tasks,
-                                                   "received_before": received_before}).mappings().all()
+    after, upto = label_ids if label_ids is not None else (None, None)
+    rows = conn.execute(text(_TRAINING_ROWS_SQL), {
+        "v": feature_version, "tasks": tasks, "received_before": received_before, "label_id_after": after,
+        "label_id_upto": upto}).mappings().all()
     frame = frame_from_rows([dict(r) for r in rows])
     return TRAINING_SET_SCHEMA.validate(frame, lazy=True) if validate else frame
 
@@ -513,3 +536,29 @@ def from_parquet(path: str | Path) -> pd.DataFrame:
     if stored is not None and stored.decode() != digest(frame):
         raise ValueError(f"{path}: content does not match the digest recorded when it was written")
     return frame
+
+
+def put_to_store(frame: pd.DataFrame, store, key: str) -> str:
+    """``to_parquet`` into the object store under ``key``; returns the digest."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mixai-training-set-") as tmp:
+        path = Path(tmp) / "training_set.parquet"
+        value = to_parquet(frame, path)
+        store.put_file(key, path, "application/vnd.apache.parquet")
+    return value
+
+
+def get_from_store(store, key: str) -> pd.DataFrame:
+    """``from_parquet`` of the set stored under ``key`` (validated and checked against its digest)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mixai-training-set-") as tmp:
+        path = Path(tmp) / "training_set.parquet"
+        path.write_bytes(store.get_bytes(key))
+        return from_parquet(path)
+
+
+def set_key(label: str) -> str:
+    """Where a training set lives: ``training/sets/<week or manual label>/training_set.parquet``."""
+    return f"training/sets/{label}/training_set.parquet"

@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy import Connection, text
 
 from mixai_pipeline import settings
+from mixai_pipeline.lib.features.extract import FEATURE_VERSION
 from mixai_pipeline.lib.training.models import TrainingResult
 from mixai_pipeline.lib.training.onnx_export import ParityReport, model_signature, sha256
 from mixai_pipeline.resources.database import write_audit
@@ -127,7 +128,7 @@ def record_model(conn: Connection, store, result: TrainingResult, onnx_bytes: by
            RETURNING id"""),
         {"name": result.task, "version": version, "uri": store.uri(key), "sha": sha256(onnx_bytes),
          "framework": f"onnx/{result.chosen}", "input_dim": signature.input_dim, "output_dim": signature.output_dim,
-         "fv": "v1" if result.task != "align_conf" else None, "metrics": json.dumps(metrics, default=str),
+         "fv": FEATURE_VERSION if result.task != "align_conf" else None, "metrics": json.dumps(metrics, default=str),
          "digest": training_set_digest, "commit": git_commit(), "run": mlflow_run_id, "actor": actor}).scalar_one()
     write_audit(conn, actor=actor, action="model.registered", target_type="model", target_id=str(model_id),
                 details={"name": result.task, "version": version, "mlflow_run_id": mlflow_run_id})
@@ -214,3 +215,101 @@ def headline(metrics: dict) -> dict:
     best_baseline = (min(baseline_values) if metric == "mae" else max(baseline_values)) if baseline_values else None
     return {"metric": metric, "value": value, "baseline": best_baseline, "n_samples": metrics.get("n_samples"),
             "evaluation": metrics.get("evaluation")}
+
+
+MAX_MODEL_FILE_BYTES = 256 * 2**20   # far above any model trained here (< 5 MB); refuses a wrong file early
+
+
+class ModelFileError(ValueError):
+    """An operator-supplied model file that cannot be registered, with the reason."""
+
+
+def check_model_file(task: str, onnx_bytes: bytes) -> dict:
+    """Prove an operator's ONNX file can serve ``task`` before it is registered: not empty or huge, parses,
+    loads in onnxruntime as served, runs on a zero row, and its input width and output layout are the task's
+    (regression of the four master values, or a classifier over the task's classes). Returns its signature
+    facts; raises ``ModelFileError`` saying what is wrong."""
+    from mixai_pipeline.lib.training import dataset
+    from mixai_pipeline.lib.training.inference import ModelLoadError, OnnxModelCache
+    from mixai_pipeline.lib.training.onnx_export import task_kind
+
+    if task not in dataset.TASKS:
+        raise ModelFileError(f"unknown task {task!r} (expected one of {', '.join(dataset.TASKS)})")
+    if not onnx_bytes:
+        raise ModelFileError("the model file is empty")
+    if len(onnx_bytes) > MAX_MODEL_FILE_BYTES:
+        raise ModelFileError(f"the model file has {len(onnx_bytes) / 2**20:.0f} MiB, more than the "
+                             f"{MAX_MODEL_FILE_BYTES // 2**20} MiB a model here may have")
+    try:
+        signature = model_signature(onnx_bytes)
+        loaded = OnnxModelCache(max_models=1).load((task, "upload"), onnx_bytes)
+    except (ValueError, ModelLoadError) as exc:
+        raise ModelFileError(f"not a servable ONNX model: {exc}") from exc
+    expected_dim, kind = len(dataset.FEATURE_NAMES[task]), task_kind(task)
+    if loaded.input_dim != expected_dim:
+        raise ModelFileError(f"{task} models take {expected_dim} inputs per row (feature layout "
+                             f"{dataset.FEATURE_VERSION}); this file takes {loaded.input_dim}")
+    if loaded.kind != kind:
+        raise ModelFileError(f"{task} needs a {kind} model; this file is a {loaded.kind}")
+    if kind == "regression" and loaded.output_dim != len(dataset.MASTER_PARAMS):
+        raise ModelFileError(f"{task} predicts {len(dataset.MASTER_PARAMS)} values "
+                             f"({', '.join(dataset.MASTER_PARAMS)}); this file predicts {loaded.output_dim}")
+    if kind == "classification":
+        known = set(dataset.CLASS_LABELS[task])
+        classes = loaded.classes
+        if classes is None:
+            raise ModelFileError(f"{task}: the file does not name its classes (metadata 'mixai.classes'), so its "
+                                 "labels cannot be checked against the task's")
+        unknown = sorted(set(map(str, classes)) - known)
+        if unknown:
+            raise ModelFileError(f"{task}: the file predicts classes that do not exist here: {unknown}")
+    return {"input_dim": loaded.input_dim, "output_dim": loaded.output_dim or 1, "kind": loaded.kind,
+            "opset": signature.opset}
+
+
+def register_file(conn: Connection, store, task: str, onnx_bytes: bytes, *, version_label: str, actor: str,
+                  note: str | None = None) -> dict:
+    """An operator's model file, checked (``check_model_file``), stored and recorded as a ``candidate`` like a
+    trained one (framework ``onnx/operator-upload``; metrics say it was not trained here)."""
+    from mixai_pipeline.lib.features.extract import DIM_NAMES
+    from mixai_pipeline.lib.pipeline.records import ensure_feature_layout
+
+    facts = check_model_file(task, onnx_bytes)
+    feature_version = FEATURE_VERSION if task != "align_conf" else None  # align_conf reads alignment statistics
+    if feature_version:
+        ensure_feature_layout(conn, feature_version, DIM_NAMES)
+    version = model_version(version_label, onnx_bytes)
+    key = f"models/{task}/{version}/model.onnx"
+    store.put_bytes(key, onnx_bytes, "application/octet-stream")
+    metrics = {"task": task, "source": "operator upload", "note": note, "evaluation": "none: not trained here",
+               "signature": facts}
+    model_id = conn.execute(text(
+        """INSERT INTO model_registry (name, version, uri, sha256, framework, input_dim, output_dim, feature_version,
+                                       metrics, git_commit, created_by)
+           VALUES (:name, :version, :uri, :sha, 'onnx/operator-upload', :input_dim, :output_dim, :fv,
+                   CAST(:metrics AS jsonb), NULL, :actor)
+           ON CONFLICT (name, version) DO UPDATE SET metrics = EXCLUDED.metrics
+           RETURNING id"""),
+        {"name": task, "version": version, "uri": store.uri(key), "sha": sha256(onnx_bytes),
+         "input_dim": facts["input_dim"], "output_dim": facts["output_dim"],
+         "fv": feature_version, "metrics": json.dumps(metrics, default=str),
+         "actor": actor}).scalar_one()
+    write_audit(conn, actor=actor, action="model.registered", target_type="model", target_id=str(model_id),
+                details={"name": task, "version": version, "source": "operator upload", "note": note})
+    return {"model_id": model_id, "version": version, "key": key, "sha256": sha256(onnx_bytes)}
+
+
+def models_table(models: list[dict]) -> list[str]:
+    """``list_models`` as plain-text lines (CLI, job log)."""
+    lines = [f"{'id':>4}  {'task':10}  {'version':36}  {'status':11}  {'rollout':>7}  {'framework':22}  "
+             f"{'metric':8}  {'value':>8}  {'baseline':>8}  {'rows':>6}  created"]
+    for m in models:
+        def num(v):
+            return f"{v:8.4f}" if isinstance(v, int | float) else f"{'—':>8}"
+        lines.append(f"{m['id']:>4}  {m['name']:10}  {m['version']:36}  {m['status']:11}  {m['rollout_percent']:>6}%  "
+                     f"{m['framework']:22}  {m['metric'] or '—':8}  {num(m['value'])}  {num(m['baseline'])}  "
+                     f"{m['n_samples'] if m['n_samples'] is not None else '—':>6}  "
+                     f"{m['created_at']:%Y-%m-%d %H:%M} by {m['created_by']}")
+    if not models:
+        lines.append("(no models registered)")
+    return lines

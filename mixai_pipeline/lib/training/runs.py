@@ -104,3 +104,57 @@ def train_all(frame: pd.DataFrame, tasks: Sequence[str] = dataset.TASKS, *, log:
             + (f": {outcome.reason}" if outcome.reason else ""))
         outcomes.append(outcome)
     return outcomes
+
+
+INCREMENTAL_EXPERIMENT = "mixai-incremental-training"
+
+
+def incremental_watermark_key(task: str) -> str:
+    return f"models/{task}/incremental/watermark.json"
+
+
+def read_incremental_watermark(store, task: str) -> int:
+    """The greatest ``labels.id`` an incremental update of ``task`` has consumed (0: none yet)."""
+    import json
+
+    key = incremental_watermark_key(task)
+    return int(json.loads(store.get_bytes(key))["label_id"]) if store.exists(key) else 0
+
+
+def update_incrementally(frame: pd.DataFrame, task: str, *, label_id_upto: int, store, engine, tracking, actor: str,
+                         tags: dict[str, str] | None = None, dagster_run_id: str | None = None) -> TaskOutcome:
+    """Seed 000 §10: the task's ``partial_fit`` model learns the new rows (``frame``, consent-filtered); when
+    its prequential score clearly beats the baselines, it is registered as a candidate (version
+    ``inc<NNNN>-<sha12>``, MLflow experiment ``mixai-incremental-training``). The state and the watermark
+    (``label_id_upto``) are saved once the update is through, so a failed run is redone by the next one.
+    Raises ``incremental.BatchTooSmall`` when fewer than 100 of the rows are new."""
+    import json
+
+    from mixai_pipeline.lib.training import incremental
+
+    started_at = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    update = incremental.update(incremental.load_state(store, task), frame, task)
+    result = update.training_result()
+    seconds = {"train": time.perf_counter() - t0}
+    registration, status = None, "skipped"
+    reason = result.skipped_reason or ("; ".join(result.selection) if result.estimator is None else None)
+    if result.estimator is not None:
+        t1 = time.perf_counter()
+        registration = registry.export_and_register(
+            result, update.rows.X, store=store, engine=engine, tracking=tracking,
+            version_label=f"inc{update.state.version:04d}", training_set_digest=update.state.training_set_digest,
+            actor=actor, tags=tags or {}, experiment=INCREMENTAL_EXPERIMENT)
+        seconds["register"] = time.perf_counter() - t1
+        status = "succeeded" if registration.registered else "failed"
+        if not registration.registered:
+            reason = f"ONNX parity failed ({registration.parity.reason}); nothing registered"
+    incremental.save_state(store, task, update.state)
+    store.put_bytes(incremental_watermark_key(task), json.dumps({"label_id": int(label_id_upto)}).encode(),
+                    "application/json")
+    with engine.begin() as conn:
+        job_id = registry.record_training_job(
+            conn, result, status=status, reason=reason, training_set_digest=update.state.training_set_digest,
+            model_id=registration.model_id if registration else None, dagster_run_id=dagster_run_id,
+            started_at=started_at)
+    return TaskOutcome(task, status, reason, result, registration, job_id, seconds)
