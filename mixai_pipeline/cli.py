@@ -97,31 +97,13 @@ def _midi_import_pack(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_operator_job(job_name: str, op_name: str, config: dict) -> tuple[bool, object]:
-    """Run an operator job in this process against the project's Dagster instance (so the UI lists the run):
-    whether it succeeded, and the op's output (or the failure's message)."""
-    from dagster import DagsterInstance
-
-    from mixai_pipeline.definitions import defs
-    from mixai_pipeline.runtime import prepare_environment
-
-    prepare_environment()
-    job = defs().resolve_job_def(job_name)
-    with DagsterInstance.get() as instance:
-        result = job.execute_in_process(run_config={"ops": {op_name: {"config": config}}}, instance=instance,
-                                        raise_on_error=False)
-    if result.success:
-        return True, result.output_for_node(op_name)
-    failures = [e.step_failure_data.error for e in result.all_events if e.is_step_failure]
-    return False, "; ".join(f.message.strip() for f in failures if f) or "the run failed"
-
-
 def _train(args: argparse.Namespace) -> int:
     from mixai_pipeline.lib.training.dataset import TASKS
+    from mixai_pipeline.runtime import run_operator_job
 
     config = {"tasks": args.task or list(TASKS), "min_samples": args.min_samples, "actor": args.actor,
               "reason": args.reason}
-    ok, output = _run_operator_job("train_now_job", "train_now", config)
+    ok, output = run_operator_job("train_now_job", "train_now", config)
     if not ok:
         print(f"mixai train: {output}", file=sys.stderr)
         return 1
@@ -143,9 +125,11 @@ def _models(args: argparse.Namespace) -> int:
         with engine_for(env.database_url).connect() as conn:
             print("\n".join(registry.models_table(registry.list_models(conn, args.task))))
         return 0
+    from mixai_pipeline.runtime import run_operator_job
+
     config = {"task": args.task, "path": os.path.abspath(args.file), "version_label": args.version_label,
               "note": args.note, "actor": args.actor}
-    ok, output = _run_operator_job("register_model_file_job", "register_model_file", config)
+    ok, output = run_operator_job("register_model_file_job", "register_model_file", config)
     if not ok:
         print(f"mixai models register: {output}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from mixai_pipeline import settings
-from mixai_pipeline.resources import Database, ObjectStoreResource, Tracking
+from mixai_pipeline.resources import Database, ModelServing, ObjectStoreResource, Tracking
 
 
 def object_store_resource() -> ObjectStoreResource:
@@ -32,13 +32,12 @@ def object_store_resource() -> ObjectStoreResource:
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:
-    return {
-        # Unset: the embedded PostgreSQL under .mixai/pg, started on first use.
-        "database": Database(url=dg.EnvVar(settings.ENV_DATABASE_URL))
-        if os.environ.get(settings.ENV_DATABASE_URL) else Database(),
-        "object_store": object_store_resource(),
-        "tracking": Tracking(),
-    }
+    # Unset: the embedded PostgreSQL under .mixai/pg, started on first use.
+    database = (Database(url=dg.EnvVar(settings.ENV_DATABASE_URL))
+                if os.environ.get(settings.ENV_DATABASE_URL) else Database())
+    object_store = object_store_resource()
+    return {"database": database, "object_store": object_store, "tracking": Tracking(),
+            "model_serving": ModelServing(database=database, object_store=object_store)}
 
 
 @dg.definitions

@@ -89,3 +89,21 @@ def prepare_environment(*, migrate: bool = True) -> Environment:
         embedded_postgres=embedded,
         applied_migrations=tuple(applied),
     )
+
+
+def run_operator_job(job_name: str, op_name: str, config: dict) -> tuple[bool, object]:
+    """Run an operator job in this process against the project's Dagster instance (so the UI lists the run):
+    whether it succeeded, and the op's output (or the failure's message)."""
+    from dagster import DagsterInstance
+
+    from mixai_pipeline.definitions import defs
+
+    prepare_environment()
+    job = defs().resolve_job_def(job_name)
+    with DagsterInstance.get() as instance:
+        result = job.execute_in_process(run_config={"ops": {op_name: {"config": config}}}, instance=instance,
+                                        raise_on_error=False)
+    if result.success:
+        return True, result.output_for_node(op_name)
+    failures = [e.step_failure_data.error for e in result.all_events if e.is_step_failure]
+    return False, "; ".join(f.message.strip() for f in failures if f) or "the run failed"

@@ -1,5 +1,5 @@
 """Run the benchmarks and print one JSON document: ``python -m mixai_pipeline_tests.benchmarks [name ...]``
-(names: ingestion, features, pipeline, midi, inference; default all)."""
+(names: ingestion, features, pipeline, midi, inference, training; default all)."""
 
 import json
 import sys
@@ -10,6 +10,7 @@ from mixai_pipeline_tests.benchmarks import (
     bench_ingestion,
     bench_midi,
     bench_pipeline,
+    bench_training,
 )
 
 BENCHMARKS = {
@@ -18,6 +19,7 @@ BENCHMARKS = {
     "pipeline": bench_pipeline.run,
     "midi": bench_midi.run,
     "inference": bench_inference.run,
+    "training": bench_training.run,
 }
 
 

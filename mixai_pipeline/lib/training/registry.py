@@ -23,6 +23,12 @@ from mixai_pipeline.lib.training.onnx_export import ParityReport, model_signatur
 from mixai_pipeline.resources.database import write_audit
 
 EXPERIMENT = "mixai-weekly-training"
+MAX_MODEL_FILE_BYTES = 256 * 2**20   # far above any model trained here (< 5 MB): a wrong file fails before parsing
+
+
+def model_object_key(task: str, version: str) -> str:
+    """Where a registered model's ONNX file lives in the object store."""
+    return f"models/{task}/{version}/model.onnx"
 
 
 def git_commit() -> str | None:
@@ -115,7 +121,7 @@ def record_model(conn: Connection, store, result: TrainingResult, onnx_bytes: by
     """The ONNX file under ``models/<task>/<version>/model.onnx`` and an upserted ``model_registry`` row
     (status ``candidate``: promotion is the rollout's business). Returns the row's id and where things are."""
     signature = model_signature(onnx_bytes)
-    key = f"models/{result.task}/{version}/model.onnx"
+    key = model_object_key(result.task, version)
     store.put_bytes(key, onnx_bytes, "application/octet-stream")
     metrics = {**result.metrics_json(), "parity": parity.as_dict()}
     model_id = conn.execute(text(
@@ -217,9 +223,6 @@ def headline(metrics: dict) -> dict:
             "evaluation": metrics.get("evaluation")}
 
 
-MAX_MODEL_FILE_BYTES = 256 * 2**20   # far above any model trained here (< 5 MB); refuses a wrong file early
-
-
 class ModelFileError(ValueError):
     """An operator-supplied model file that cannot be registered, with the reason."""
 
@@ -279,7 +282,7 @@ def register_file(conn: Connection, store, task: str, onnx_bytes: bytes, *, vers
     if feature_version:
         ensure_feature_layout(conn, feature_version, DIM_NAMES)
     version = model_version(version_label, onnx_bytes)
-    key = f"models/{task}/{version}/model.onnx"
+    key = model_object_key(task, version)
     store.put_bytes(key, onnx_bytes, "application/octet-stream")
     metrics = {"task": task, "source": "operator upload", "note": note, "evaluation": "none: not trained here",
                "signature": facts}
