@@ -1,5 +1,13 @@
-"""Synthetic but realistic training rows, for tests and benchmarks, in the training-set format
-(``dataset.TRAINING_SET_SCHEMA``, inputs built by the same ``dataset.*_input`` functions as real rows).
+"""Synthetic but realistic uploads, for tests, benchmarks and the demo: one generator, two views.
+
+- ``synthetic_uploads``: the uploads as records (``SyntheticUpload``: owner, plan, bpm, inst/vocal/mix
+  feature vectors, alignment, labels and their quality);
+- ``synthetic_training_set`` (= ``training_frame(synthetic_uploads(...))``): their rows in the
+  training-set format (``dataset.TRAINING_SET_SCHEMA``, inputs built by the same ``dataset.*_input``
+  functions as real rows);
+- ``insert_synthetic_cohort`` writes them into the application database as finished, labelled jobs
+  marked synthetic, so that ``dataset.load_training_set`` returns the same rows next to the real ones;
+  ``delete_synthetic_cohort`` removes them again.
 
 Structure: users (each with a plan) → songs → uploads. Uploads of one song are near-duplicates: the
 song's inst and vocal feature vectors plus a small jitter (``dup_jitter`` × each dimension's spread),
@@ -17,10 +25,10 @@ stereo image come from the instrumental, other dimensions are power-weighted ave
 
 Labels (``learnable=True``), each plus noise:
 
-- ``master_reg``: the rule shapes of ``lib.dsp.master.estimate_master_params`` on the mix: shelves
-  against the tonal balance (``energy_ratio_low``/``high`` over ``energy_ratio_mid``, relative to a
-  typical mix, with a 1 dB dead band, half the excess corrected, capped at ±6 dB), compression from the
-  crest factor (``0.5 · (crest_factor_db - 10)`` within 0..6 dB), -14 LUFS. Noise: a per-song taste
+- ``master_reg``: the master rule in feature space (``feature_rules.master_params_from_mix``, the rule
+  shapes of ``lib.dsp.master.estimate_master_params`` on the mix's features: shelves against the tonal
+  balance with a 1 dB dead band, half the excess corrected, capped at ±6 dB; compression from the crest
+  factor, ``0.5 · (crest_factor_db - 10)`` within 0..6 dB; -14 LUFS). Noise: a per-song taste
   (``song_noise_db``, shared by the song's uploads) and a per-upload term (``row_noise_db``).
 - ``preset_cls``: the product's own rules (``lib.pipeline.labels.preset_label``: tempo, vocal
   brightness, vocal-vs-inst level, the plan), then with probability ``label_noise`` another preset the
@@ -36,18 +44,25 @@ with the inputs.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import math
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import Connection, text
 
-from mixai_pipeline.lib.features.extract import DIM_NAMES
+from mixai_pipeline.lib.features.extract import DIM_NAMES, FEATURE_VERSION
 from mixai_pipeline.lib.mix.presets import catalog
 from mixai_pipeline.lib.pipeline.labels import align_conf_label, preset_label
 from mixai_pipeline.lib.training import dataset
+from mixai_pipeline.lib.training.feature_rules import master_params_from_mix
 
 N = len(DIM_NAMES)
 IDX = {name: i for i, name in enumerate(DIM_NAMES)}
@@ -55,10 +70,6 @@ IDX = {name: i for i, name in enumerate(DIM_NAMES)}
 PLAN_SHARES = {"freetrial": 0.1, "lite": 0.2, "standard": 0.4, "creator": 0.3}
 QUALITY_SHARES = {"human": 0.1, "auto": 0.8, "low": 0.1}
 NOISE_FACTOR = {"human": 0.0, "auto": 1.0, "low": 3.0}
-TARGET_LUFS = -14.0
-REFERENCE_TILT_DB = {"low": 10 * math.log10(0.30 / 0.58), "high": 10 * math.log10(0.12 / 0.58)}
-SHELF_DEAD_BAND_DB, SHELF_CORRECTION = 1.0, 0.5
-CREST_DENSE_DB, COMP_PER_DB = 10.0, 0.5
 
 
 @dataclass(frozen=True)
@@ -185,20 +196,8 @@ def mix_of(inst: np.ndarray, vocal: np.ndarray) -> np.ndarray:
     return physical(mix.astype(np.float64))
 
 
-def master_labels(mix: np.ndarray) -> np.ndarray:
-    """(n, 4) master parameters from mix vectors by the rule shapes of the module docstring, before noise."""
-    low, mid, high = (mix[:, IDX[f"energy_ratio_{b}"]].astype(np.float64) for b in ("low", "mid", "high"))
-
-    def shelf(band: np.ndarray, reference: float) -> np.ndarray:
-        deviation = 10 * np.log10(band / mid) - reference
-        excess = np.clip(np.abs(deviation) - SHELF_DEAD_BAND_DB, 0.0, None)
-        cap = dataset.MASTER_PARAM_RANGES["low_shelf_db"][1]
-        return -np.sign(deviation) * np.minimum(SHELF_CORRECTION * excess, cap)
-
-    comp = np.clip(COMP_PER_DB * (mix[:, IDX["crest_factor_db"]] - CREST_DENSE_DB), 0.0,
-                   dataset.MASTER_PARAM_RANGES["comp_db"][1])
-    return np.stack([shelf(low, REFERENCE_TILT_DB["low"]), shelf(high, REFERENCE_TILT_DB["high"]), comp,
-                     np.full(len(mix), TARGET_LUFS)], axis=1)
+# The label rule is shared with the serving fallback; kept under this name for synthetic's callers.
+master_labels = master_params_from_mix
 
 
 def _alignment(rng: np.random.Generator) -> dict:
@@ -246,14 +245,37 @@ def _uuid(rng: np.random.Generator) -> str:
     return str(uuid.UUID(bytes=rng.bytes(16), version=4))
 
 
-def synthetic_training_set(n_jobs: int, *, tasks: Iterable[str] = dataset.TASKS, seed: int = 0,
-                           learnable: bool = True, label_noise: float = 0.1, song_noise_db: float = 0.75,
-                           row_noise_db: float = 0.25, dup_jitter: float = 0.02,
-                           songs_per_user: tuple[int, int] = (1, 6), uploads_per_song: tuple[int, int] = (1, 4),
-                           distributions: Mapping[str, FeatureDistribution] | None = None) -> pd.DataFrame:
-    """``n_jobs`` synthetic uploads, one row per job and task, valid for ``dataset.TRAINING_SET_SCHEMA``.
-    Deterministic for a given ``seed``; ``songs_per_user`` and ``uploads_per_song`` are inclusive ranges."""
+@dataclass(frozen=True)
+class SyntheticUpload:
+    """One synthetic upload: what the database holds for a finished, labelled job, and what its training
+    rows are built from (``training_frame``)."""
+
+    job_id: str
+    user_id: str
+    plan: str
+    song: int                  # index of its song in the cohort (a song's uploads are one user's near-duplicates)
+    quality: str               # the quality of every label of the upload
+    bpm: float | None          # the tempo the manifest gave (None: not given)
+    inst: np.ndarray           # clip feature vectors: (160,) float32 in DIM_NAMES order
+    vocal: np.ndarray
+    mix: np.ndarray
+    alignment: dict | None     # the aligner's statistics (AlignmentResult fields); None unless align_conf is a task
+    labels: dict[str, tuple[float, ...] | str]  # per task: the four master params (MASTER_PARAMS order) or the class
+
+
+def synthetic_uploads(n_jobs: int, *, tasks: Iterable[str] = dataset.TASKS, seed: int = 0,
+                      learnable: bool = True, label_noise: float = 0.1, song_noise_db: float = 0.75,
+                      row_noise_db: float = 0.25, dup_jitter: float = 0.02,
+                      songs_per_user: tuple[int, int] = (1, 6), uploads_per_song: tuple[int, int] = (1, 4),
+                      distributions: Mapping[str, FeatureDistribution] | None = None) -> list[SyntheticUpload]:
+    """``n_jobs`` synthetic uploads (module docstring), in generation order, labelled for ``tasks``.
+    Deterministic for a given ``seed`` and parameters; ``songs_per_user`` and ``uploads_per_song`` are
+    inclusive ranges. The random stream depends on every parameter, ``tasks`` included."""
     tasks = list(tasks)
+    if n_jobs < 0:
+        raise ValueError(f"n_jobs must be >= 0, got {n_jobs}")
+    if n_jobs == 0:
+        return []
     rng = np.random.default_rng(seed)
     dists = {clip: (distributions or {}).get(clip) or default_distribution(clip) for clip in ("inst", "vocal")}
     allowed = {plan: catalog().allowed(plan) for plan in PLAN_SHARES}
@@ -291,7 +313,7 @@ def synthetic_training_set(n_jobs: int, *, tasks: Iterable[str] = dataset.TASKS,
 
     # master_reg labels
     song_taste = rng.normal(0, song_noise_db, (n_songs, 3))
-    master = master_labels(label_mix)
+    master = master_params_from_mix(label_mix)
     master[:, :3] += song_taste[upload_song] + rng.normal(0, row_noise_db, (n_jobs, 3)) * noise[:, None]
     for k, name in enumerate(dataset.MASTER_PARAMS):
         master[:, k] = np.clip(master[:, k], *dataset.MASTER_PARAM_RANGES[name])
@@ -302,35 +324,203 @@ def synthetic_training_set(n_jobs: int, *, tasks: Iterable[str] = dataset.TASKS,
     decoy_plans = rng.choice(list(PLAN_SHARES), size=n_jobs, p=list(PLAN_SHARES.values())).tolist()
     job_ids = [_uuid(rng) for _ in range(n_jobs)]
 
-    records = []
+    # Per upload, in this order: the draws below consume the stream, so the order is part of the output.
+    uploads = []
     for j in range(n_jobs):
         song = int(upload_song[j])
         user_id, plan = users[song_user[song]]
-        q = str(quality[j])
-        common = {"job_id": job_ids[j], "user_id": user_id, "group": f"u:{user_id}", "plan": plan, "quality": q,
-                  "weight": dataset.QUALITY_WEIGHTS[q]}
-        no_reg = dict.fromkeys(dataset.MASTER_PARAMS, math.nan)
+        labels: dict[str, tuple[float, ...] | str] = {}
+        alignment = None
         if "master_reg" in tasks:
-            records.append({**common, "task": "master_reg", "x": dataset.master_input(mix[j]),
-                            **dict(zip(dataset.MASTER_PARAMS, master[j].tolist(), strict=True)), "y_cls": None})
+            labels["master_reg"] = tuple(master[j].tolist())
         if "preset_cls" in tasks:
-            bpm = float(round(inst[j, IDX["tempo_bpm"]])) if song_bpm_given[song] else None
             label_bpm = float(round(label_inst[j, IDX["tempo_bpm"]])) if song_bpm_given[song] else None
             label_plan = plan if learnable else decoy_plans[j]
             preset, _ = preset_label(label_plan, label_inst[j].tolist(), label_vocal[j].tolist(), label_bpm)
             if flip[j, 0]:
                 preset = str(rng.choice(allowed[label_plan]))
-            x = dataset.preset_input(vocal[j], mix[j], bpm=bpm, plan=plan)
-            records.append({**common, "task": "preset_cls", "x": x, **no_reg, "y_cls": preset})
+            labels["preset_cls"] = preset
         if "align_conf" in tasks:
             alignment = _jitter_alignment(rng, align_base[song], dup_jitter)
             label_source = alignment if learnable else _jitter_alignment(rng, label_align_base[song], dup_jitter)
             label = align_conf_label(label_source)
             if flip[j, 1]:
                 label = str(rng.choice([c for c in dataset.ALIGN_CLASSES if c != label]))
-            records.append({**common, "task": "align_conf", "x": dataset.align_input(alignment), **no_reg,
-                            "y_cls": label})
-    if not records:
+            labels["align_conf"] = label
+        bpm = float(round(inst[j, IDX["tempo_bpm"]])) if song_bpm_given[song] else None
+        uploads.append(SyntheticUpload(job_id=job_ids[j], user_id=user_id, plan=plan, song=song,
+                                       quality=str(quality[j]), bpm=bpm, inst=inst[j], vocal=vocal[j], mix=mix[j],
+                                       alignment=alignment, labels=labels))
+    return uploads
+
+
+def model_input(upload: SyntheticUpload, task: str) -> np.ndarray:
+    """The upload's input for ``task``, by the ``dataset.*_input`` builders (as for real rows)."""
+    if task == "master_reg":
+        return dataset.master_input(upload.mix)
+    if task == "preset_cls":
+        return dataset.preset_input(upload.vocal, upload.mix, bpm=upload.bpm, plan=upload.plan)
+    if task == "align_conf":
+        return dataset.align_input(upload.alignment)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def training_frame(uploads: Iterable[SyntheticUpload]) -> pd.DataFrame:
+    """The training-set rows of ``uploads``: one per upload and labelled task, validated, sorted by key. The
+    group of a row is its user (what ``dataset.song_groups`` gives when no instrumental is shared)."""
+    no_reg = dict.fromkeys(dataset.MASTER_PARAMS, math.nan)
+    rows = []
+    for upload in uploads:
+        common = {"job_id": upload.job_id, "user_id": upload.user_id, "group": f"u:{upload.user_id}",
+                  "plan": upload.plan, "quality": upload.quality, "weight": dataset.QUALITY_WEIGHTS[upload.quality]}
+        for task, label in upload.labels.items():
+            targets = (dict(zip(dataset.MASTER_PARAMS, label, strict=True)) | {"y_cls": None}
+                       if task == "master_reg" else no_reg | {"y_cls": label})
+            rows.append({**common, "task": task, "x": model_input(upload, task), **targets})
+    if not rows:
         return dataset.empty_frame()
-    frame = pd.DataFrame.from_records(records, columns=list(dataset.COLUMNS))
+    frame = pd.DataFrame.from_records(rows, columns=list(dataset.COLUMNS))
     return dataset.validate(frame.sort_values(["job_id", "task"], kind="stable").reset_index(drop=True))
+
+
+def synthetic_training_set(n_jobs: int, *, tasks: Iterable[str] = dataset.TASKS, seed: int = 0,
+                           learnable: bool = True, label_noise: float = 0.1, song_noise_db: float = 0.75,
+                           row_noise_db: float = 0.25, dup_jitter: float = 0.02,
+                           songs_per_user: tuple[int, int] = (1, 6), uploads_per_song: tuple[int, int] = (1, 4),
+                           distributions: Mapping[str, FeatureDistribution] | None = None) -> pd.DataFrame:
+    """``n_jobs`` synthetic uploads, one row per job and task, valid for ``dataset.TRAINING_SET_SCHEMA``:
+    ``training_frame(synthetic_uploads(...))`` with the same parameters."""
+    return training_frame(synthetic_uploads(
+        n_jobs, tasks=tasks, seed=seed, learnable=learnable, label_noise=label_noise, song_noise_db=song_noise_db,
+        row_noise_db=row_noise_db, dup_jitter=dup_jitter, songs_per_user=songs_per_user,
+        uploads_per_song=uploads_per_song, distributions=distributions))
+
+
+# ------------------------------------------------------------------------------- in the database
+
+SYNTHETIC_SOURCE = "synthetic"      # jobs.manifest->>'source', ml_consent.source, labels.details->>'source'
+SYNTHETIC_PREFIX = "synthetic/"     # jobs.upload_prefix (real uploads live under uploads/<job_id>/)
+# Both marks must hold: the manifest is the uploader's document, so its "source" alone proves nothing.
+_SYNTHETIC_JOBS_SQL = (f"SELECT job_id FROM jobs WHERE manifest->>'source' = '{SYNTHETIC_SOURCE}' "
+                       f"AND upload_prefix LIKE '{SYNTHETIC_PREFIX}%'")
+
+_INSERT_CONSENT_SQL = """
+INSERT INTO ml_consent (user_id, qa, training, qa_updated_at, training_updated_at, training_granted_at, source)
+VALUES (CAST(:user AS uuid), false, true, :at, :at, :at, :source)
+ON CONFLICT (user_id) DO NOTHING"""
+_INSERT_JOB_SQL = """
+INSERT INTO jobs (job_id, upload_prefix, user_id, plan, status, partition_date, received_at, uploaded_at,
+                  consent_qa, consent_training, bpm, manifest)
+VALUES (CAST(:job AS uuid), :prefix, CAST(:user AS uuid), :plan, 'done', :day, :at, :at, false, true, :bpm,
+        CAST(:manifest AS jsonb))
+ON CONFLICT (job_id) DO NOTHING"""
+_INSERT_LABEL_SQL = """
+INSERT INTO labels (job_id, task, y_reg, y_cls, quality, details)
+VALUES (CAST(:job AS uuid), :task, :y_reg, :y_cls, :quality, CAST(:details AS jsonb))
+ON CONFLICT (job_id, task) DO NOTHING"""
+
+
+def _cohort_id(n_jobs: int, seed: int, distributions: Mapping[str, FeatureDistribution] | None,
+               generator: dict) -> str:
+    """A short hash of everything that decides the cohort's rows (not its dates): the same seed with other
+    parameters or distributions gives the same job ids but other content, which a re-insert must not hide."""
+    bound = inspect.signature(synthetic_uploads).bind(n_jobs, seed=seed, **generator)
+    bound.apply_defaults()
+    params = {name: list(value) if name == "tasks" else value for name, value in bound.arguments.items()
+              if name != "distributions"}
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=list).encode())
+    for clip in ("inst", "vocal"):
+        dist = (distributions or {}).get(clip) or default_distribution(clip)
+        h.update(np.ascontiguousarray(dist.mean, dtype="<f8").tobytes())
+        h.update(np.ascontiguousarray(dist.cov, dtype="<f8").tobytes())
+    return h.hexdigest()[:16]
+
+
+def insert_synthetic_cohort(conn: Connection, n_jobs: int, *, seed: int, received_at: datetime,
+                            partition_date: date, distributions: Mapping[str, FeatureDistribution] | None = None,
+                            **generator) -> dict:
+    """Write ``synthetic_uploads(n_jobs, seed=seed, distributions=distributions, **generator)`` into the
+    application database, inside the caller's transaction, so that ``dataset.load_training_set`` returns
+    exactly ``synthetic_training_set`` of the same parameters (master labels rounded to float32 by
+    ``labels.y_reg real[]``, as for every real label) next to the real uploads.
+
+    Written per upload: a ``jobs`` row (status ``done``, upload prefix ``synthetic/<job_id>/``, the manifest
+    ``{"source": "synthetic", "seed": ..., "cohort": ...}``, ``cohort`` a hash of the generator's
+    parameters), its user's ``ml_consent`` row (training on, granted at ``received_at``, source
+    ``synthetic``), the inst/vocal/mix ``features_store`` rows and the ``alignments`` row through the audio
+    pipeline's own ``lib.pipeline.records`` writers (which also create the ``feature_layouts`` row), and its
+    ``labels`` with their quality. No ``vault_items``: there is no audio, and the training set needs none
+    (without an inst sha256 a row's group is its user, as in the synthetic frame); stages and retention
+    that work on stored objects thereby pass the synthetic jobs by.
+
+    Idempotent: jobs already in the database are left as they are (re-running with the same arguments
+    writes nothing); a job id held by anything but this very cohort raises ``ValueError``. Returns a
+    summary: cohort, seed, jobs, jobs_written, users, songs, labels per task, seconds."""
+    # imported here, not for every user of this module: records pulls in the pipeline's resources (Dagster)
+    from mixai_pipeline.lib.alignment.align import AlignmentResult
+    from mixai_pipeline.lib.pipeline import records
+
+    if received_at.tzinfo is None or received_at.utcoffset() is None:
+        raise ValueError("received_at must be timezone-aware")
+    started = time.perf_counter()
+    if "tasks" in generator:
+        generator["tasks"] = tuple(generator["tasks"])  # read twice: by the generator and for the cohort id
+    uploads = synthetic_uploads(n_jobs, seed=seed, distributions=distributions, **generator)
+    marker = {"source": SYNTHETIC_SOURCE, "seed": seed,
+              "cohort": _cohort_id(n_jobs, seed, distributions, generator)}
+    present = dict(conn.execute(
+        text("SELECT job_id::text, manifest FROM jobs WHERE job_id = ANY(CAST(:ids AS uuid[]))"),
+        {"ids": [u.job_id for u in uploads]}).all())
+    foreign = sorted(job for job, manifest in present.items() if manifest != marker)
+    if foreign:
+        raise ValueError(f"{len(foreign)} job ids of synthetic cohort {marker} are already taken by other rows "
+                         f"(e.g. {foreign[0]}): the same seed written with other parameters or distributions? "
+                         "delete_synthetic_cohort first")
+    new = [u for u in uploads if u.job_id not in present]
+
+    if new:
+        conn.execute(text(_INSERT_CONSENT_SQL), [{"user": user, "at": received_at, "source": SYNTHETIC_SOURCE}
+                                                 for user in sorted({u.user_id for u in new})])
+        manifest = json.dumps(marker)
+        conn.execute(text(_INSERT_JOB_SQL), [
+            {"job": u.job_id, "prefix": f"{SYNTHETIC_PREFIX}{u.job_id}/", "user": u.user_id, "plan": u.plan,
+             "day": partition_date, "at": received_at, "bpm": u.bpm, "manifest": manifest} for u in new])
+    stats = {"source": SYNTHETIC_SOURCE}
+    for u in new:  # the writers take one job at a time: ~1.5 ms per upload, most of it binding 3 × 160 floats
+        records.record_features(conn, u.job_id, {"feature_version": FEATURE_VERSION, "clips": {
+            clip: {"vec": getattr(u, clip).tolist(), "stats": stats} for clip in ("inst", "vocal", "mix")}},
+            DIM_NAMES)
+        if u.alignment is not None:
+            records.record_alignment(conn, u.job_id, AlignmentResult(**u.alignment).as_dict())
+    label_rows = [{"job": u.job_id, "task": task, "quality": u.quality, "details": json.dumps(stats),
+                   "y_reg": list(label) if task == "master_reg" else None,
+                   "y_cls": None if task == "master_reg" else label}
+                  for u in new for task, label in u.labels.items()]
+    if label_rows:
+        conn.execute(text(_INSERT_LABEL_SQL), label_rows)
+    labels_per_task: dict[str, int] = {}
+    for u in uploads:
+        for task in u.labels:
+            labels_per_task[task] = labels_per_task.get(task, 0) + 1
+    return {"cohort": marker["cohort"], "seed": seed, "jobs": len(uploads), "jobs_written": len(new),
+            "users": len({u.user_id for u in uploads}), "songs": len({u.song for u in uploads}),
+            "labels": labels_per_task, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def delete_synthetic_cohort(conn: Connection) -> int:
+    """Remove every row ``insert_synthetic_cohort`` wrote, whatever its seed, inside the caller's
+    transaction: the synthetic jobs' labels, features, alignments and exclusions, the jobs, then the
+    synthetic consent rows and the exclusions of users left without jobs. Returns the number of jobs
+    removed. The ``feature_layouts`` row stays (the pipeline's, shared with real vectors). A row of another
+    table still pointing at a synthetic job (a stage run on it) fails the deletion by its foreign key."""
+    for table in ("labels", "features_store", "alignments", "ml_exclusions"):
+        conn.execute(text(f"DELETE FROM {table} WHERE job_id IN ({_SYNTHETIC_JOBS_SQL})"))
+    users = conn.execute(text(f"DELETE FROM jobs WHERE job_id IN ({_SYNTHETIC_JOBS_SQL}) RETURNING user_id")
+                         ).scalars().all()
+    orphaned = "NOT EXISTS (SELECT 1 FROM jobs j WHERE j.user_id = {0}.user_id)"
+    conn.execute(text(f"DELETE FROM ml_consent c WHERE c.source = :source AND {orphaned.format('c')}"),
+                 {"source": SYNTHETIC_SOURCE})
+    # a person's exclusion of a synthetic user (no foreign key, but nothing left to exclude)
+    conn.execute(text(f"DELETE FROM ml_exclusions e WHERE e.job_id IS NULL AND e.user_id = ANY(:users) "
+                      f"AND {orphaned.format('e')}"), {"users": sorted(set(users))})
+    return len(users)
