@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.model_selection import KFold
 
-from mixai_pipeline.lib.training import dataset, models, synthetic
+from mixai_pipeline.lib.training import dataset, models, onnx_export, synthetic
 
 SMALL = 100  # min_samples for these small sets
 
@@ -179,3 +179,43 @@ def test_naive_split_on_near_duplicates_is_optimistic(learnable):
                                      output_names=dataset.MASTER_PARAMS)
     assert leaky.mean("mae") < 0.85 * honest.mean("mae")
     assert leaky.mean("r2") > honest.mean("r2") + 0.1
+
+
+def _thresholds(estimator) -> list[tuple[int, float]]:
+    """(feature, threshold) of every split of a fitted LightGBM model."""
+    out = []
+    for tree in estimator.booster_.dump_model()["tree_info"]:
+        stack = [tree["tree_structure"]]
+        while stack:
+            node = stack.pop()
+            if "split_feature" in node:
+                out.append((node["split_feature"], float(node["threshold"])))
+                stack += [node["left_child"], node["right_child"]]
+    return out
+
+
+def test_lightgbm_thresholds_are_float32_exact_so_onnx_agrees():
+    """A split threshold t that rounds *up* to float32 sends the input x = float32(t) right in LightGBM
+    (x > t) and left in the ONNX tree (x <= float32(t)); the shipped model's thresholds are snapped down to
+    float32, which changes nothing for float32 inputs and makes the export exact."""
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 4)).astype(np.float32)
+    y = np.where(X[:, 0] + 0.5 * X[:, 1] + rng.normal(0, 0.5, 2000) > 0, "a", "b")
+    estimator = lgb.LGBMClassifier(n_estimators=20, verbose=-1, random_state=0).fit(X, y)
+    rounds_up = [(f, t) for f, t in _thresholds(estimator) if float(np.float32(t)) > t]
+    assert rounds_up  # midpoints between data values are rarely float32
+    probes = np.repeat(X[:1], len(rounds_up), axis=0)
+    for row, (feature, t) in enumerate(rounds_up):
+        probes[row, feature] = np.float32(t)  # exactly the value where the two comparisons disagree
+    rows = np.vstack([X, probes])
+    assert not onnx_export.parity(estimator, onnx_export.to_onnx(estimator, 4, task="classification"), rows,
+                                  task="classification").passed
+
+    before = estimator.predict_proba(rows)
+    models.float32_thresholds(estimator)
+    assert all(float(np.float32(t)) == t for _, t in _thresholds(estimator))
+    assert np.array_equal(estimator.predict_proba(rows), before)  # the same model for float32 inputs
+    assert onnx_export.parity(estimator, onnx_export.to_onnx(estimator, 4, task="classification"), rows,
+                              task="classification").passed

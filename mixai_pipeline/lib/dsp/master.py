@@ -133,7 +133,7 @@ def _shelf_from_deviation(deviation_db: float) -> float:
     return -math.copysign(min(SHELF_CORRECTION * excess, MAX_SHELF_DB), deviation_db) if excess else 0.0
 
 
-def _tonal_deviations(audio: np.ndarray, sr: float) -> tuple[float, float]:
+def tonal_deviations(audio: np.ndarray, sr: float) -> tuple[float, float]:
     """(low, high) band power relative to the mid band, minus the same ratios for pink noise, in dB."""
     channels = audio if audio.ndim == 2 else audio[:, None]
     segment = min(channels.shape[0], 2 ** round(math.log2(WELCH_SEGMENT_S * sr)))
@@ -161,7 +161,7 @@ def estimate_master_params(x: np.ndarray, sr: float, plan: str, *,
     if plan not in PLAN_TARGET_LUFS:
         raise ValueError(f"unknown plan {plan!r} (expected one of {', '.join(PLAN_TARGET_LUFS)})")
     audio = _checked_audio(x)
-    low_dev, high_dev = _tonal_deviations(audio, sr) if audio.shape[0] else (0.0, 0.0)
+    low_dev, high_dev = tonal_deviations(audio, sr) if audio.shape[0] else (0.0, 0.0)
     stats = input_stats(audio, sr) if stats is None else stats
     comp = 0.0
     if math.isfinite(stats.integrated_lufs):

@@ -155,12 +155,38 @@ def _fit_early_stopped(candidate: Candidate, params: dict, X, y, w, groups, *, r
                           callbacks=[lgb.early_stopping(LGBM_EARLY_STOPPING_ROUNDS, verbose=False)])
     if probe is None:  # nothing to stop on: all the trees, all the rows
         estimator = candidate.build({**params, "n_jobs": threads}).fit(X, y, sample_weight=w)
-        return estimator, {**params, "n_estimators": int(estimator.n_estimators)}
+        return float32_thresholds(estimator), {**params, "n_estimators": int(estimator.n_estimators)}
     trees = int(probe.best_iteration_ or probe.n_estimators)
     if not refit:
         return probe, {**params, "n_estimators": trees}
     estimator = candidate.build({**params, "n_estimators": trees, "n_jobs": threads}).fit(X, y, sample_weight=w)
-    return estimator, {**params, "n_estimators": trees}
+    return float32_thresholds(estimator), {**params, "n_estimators": trees}
+
+
+def float32_thresholds(estimator):
+    """The fitted LightGBM model with every split threshold t replaced by the largest float32 <= t.
+
+    LightGBM compares ``double(x) <= t`` with t a double midpoint between bin edges; the exported ONNX tree
+    compares float32 x with float32(t). When t rounds *up* to a float32 that is a data value, that value
+    goes left in LightGBM and right in ONNX: measured on 20,000 synthetic preset rows, one tree branch
+    flipped and moved a probability by 0.044, failing the parity gate. No float32 lies in (floor32(t), t],
+    so for float32 inputs (ours always are) the snapped model predicts exactly the same (measured: 0.0
+    difference), and ONNX then agrees to ~4e-7."""
+    import re
+
+    import lightgbm as lgb
+
+    def snap(match: re.Match) -> str:
+        values = np.array(match.group(1).split(), dtype=np.float64)
+        snapped = values.astype(np.float32)
+        above = snapped.astype(np.float64) > values
+        snapped[above] = np.nextafter(snapped[above], np.float32(-np.inf))
+        return "threshold=" + " ".join(repr(float(v)) for v in snapped)
+
+    text = re.sub(r"^threshold=(.*)$", snap, estimator.booster_.model_to_string(), flags=re.M)
+    text = re.sub(r"^tree_sizes=.*\n", "", text, flags=re.M)  # byte offsets of the old text; optional
+    estimator._Booster = lgb.Booster(model_str=text)  # the sklearn wrapper predicts through this booster
+    return estimator
 
 
 def candidates_for(task: str, *, random_state: int = RANDOM_STATE) -> list[Candidate]:
