@@ -206,7 +206,7 @@ def test_deesser_strength_zero_and_edge_cases():
 @pytest.mark.parametrize("n", [1, 10, 21, 1000, 40_000])
 def test_true_peak_envelope_is_loudness_true_peak(sr, n):
     x = np.random.default_rng(n).standard_normal((n, 2)) * 0.3
-    factor = dynamics.oversampling_factor(sr)
+    factor = dynamics.TRUE_PEAK_OVERSAMPLING
     reference = np.abs(resample_poly(x, factor, 1, axis=0)).reshape(n, factor, 2).max(axis=(1, 2))
     np.testing.assert_allclose(dynamics.true_peak_envelope(x, sr), reference, rtol=1e-12, atol=1e-15)
     assert abs(dynamics.true_peak_all_channels_dbtp(x, sr) - loudness.true_peak_dbtp(x, sr)) < 1e-9

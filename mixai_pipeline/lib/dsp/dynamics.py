@@ -29,6 +29,7 @@ from scipy.optimize import brentq
 from scipy.signal import butter, firwin, lfilter, sosfiltfilt
 
 from mixai_pipeline.lib.dsp.filters import NYQUIST_LIMIT
+from mixai_pipeline.lib.dsp.loudness import TRUE_PEAK_OVERSAMPLING
 
 BLOCK_S = 0.001
 # Blocks whose peak is below this are silence: they do not count in a compressor's mean gain reduction.
@@ -49,7 +50,6 @@ DEESS_RELEASE_MS = 60.0
 
 # Limiter. The true-peak envelope reproduces loudness.true_peak_dbtp exactly: scipy.signal.resample_poly's
 # default anti-imaging filter (Kaiser window, beta 5, half-length 10 x factor), at the same oversampling factor.
-TRUE_PEAK_MIN_RATE = 192_000
 _RESAMPLE_SPAN = 10  # input samples each side that one oversampled point depends on
 _CHUNK = 1 << 14  # rows per true-peak chunk: cache-sized, and fine-grained for skipping
 # The limiter aims this far under the ceiling and accepts an output whose true peak is within half of it:
@@ -241,11 +241,6 @@ def deess(x: np.ndarray, sr: float, strength: float) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------------- true peak
 
-def oversampling_factor(sr: float) -> int:
-    """loudness.true_peak_dbtp's rule: at least 4x, and at least 192 kHz."""
-    return max(4, math.ceil(TRUE_PEAK_MIN_RATE / sr))
-
-
 @functools.lru_cache(maxsize=8)
 def _polyphase_taps(factor: int) -> np.ndarray:
     """resample_poly's interpolation filter split into ``factor`` phases: ``(2 * span + 1, factor)``.
@@ -284,7 +279,7 @@ def true_peak_envelope(x: np.ndarray, sr: float) -> np.ndarray:
     with one correlation per phase instead of one long resample_poly, so memory stays small and it is faster.
     """
     audio, _ = _as_2d(x)
-    taps = _polyphase_taps(oversampling_factor(sr))
+    taps = _polyphase_taps(TRUE_PEAK_OVERSAMPLING)
     n = audio.shape[0]
     envelope = np.empty(n)
     for start in range(0, n, _CHUNK):
@@ -369,7 +364,7 @@ def limit_and_measure(x: np.ndarray, sr: float, ceiling_dbtp: float = -1.0, look
     if peak <= accepted:
         output = audio.copy()
     else:
-        taps = _polyphase_taps(oversampling_factor(sr))
+        taps = _polyphase_taps(TRUE_PEAK_OVERSAMPLING)
         lookahead = max(1, round(lookahead_ms / 1000 * sr))
         release_decay = _decay(release_ms / 1000, sr)
         aim = target

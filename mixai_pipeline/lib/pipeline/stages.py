@@ -140,23 +140,26 @@ def preview_stage(store: ObjectStore, job: JobInput) -> StageResult:
     data: dict[str, Any] = {}
     objects: list[StoredObject] = []
     with tempfile.TemporaryDirectory(prefix="mixai-preview-") as tmp:
+        segments = {}
         for clip, key in sources.items():
             mono, sr = load(store, key, mono=True)
             analysis = resample(mono, sr, ANALYSIS_SR)
             excerpt = pv.representative_excerpt(analysis[:, 0], ANALYSIS_SR)
-            segment = pv.fade(mono[int(excerpt.start_s * sr): int(excerpt.end_s * sr), 0], sr)
+            segments[clip] = (pv.fade(mono[int(excerpt.start_s * sr): int(excerpt.end_s * sr), 0], sr), sr)
+            data[clip] = {"start_s": excerpt.start_s, "end_s": excerpt.end_s, "score": round(excerpt.score, 4)}
+        encoded = pv.encode_aac_many([(segment, sr, Path(tmp) / f"{clip}.m4a")
+                                      for clip, (segment, sr) in segments.items()])
+        for (clip, (segment, sr)), m4a in zip(segments.items(), encoded, strict=True):
             base = f"previews/{job.job_id}/{clip}"
             peaks = pv.waveform_peaks(segment, sr)
-            files = [
-                StoredObject("preview", f"{base}.m4a", clip, pv.encode_aac(segment, sr, Path(tmp) / f"{clip}.m4a"),
-                             segment.shape[0] / sr, pv.preview_sample_rate(sr), 1, "aac"),
+            objects += _upload(store, [
+                StoredObject("preview", f"{base}.m4a", clip, m4a, segment.shape[0] / sr, pv.preview_sample_rate(sr),
+                             1, "aac"),
                 StoredObject("waveform", f"{base}.waveform.png", clip,
                              pv.waveform_png(peaks, Path(tmp) / f"{clip}.png")),
                 StoredObject("waveform", f"{base}.waveform.json", clip,
                              pv.write_peaks_json(peaks, Path(tmp) / f"{clip}.json")),
-            ]
-            objects += _upload(store, files)
-            data[clip] = {"start_s": excerpt.start_s, "end_s": excerpt.end_s, "score": round(excerpt.score, 4)}
+            ])
     return StageResult(job.job_id, data, tuple(objects))
 
 
