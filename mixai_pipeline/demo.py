@@ -105,7 +105,8 @@ def print_summary(engine, runs: list, log=print) -> None:
                FROM jobs WHERE {REAL_JOBS_SQL} GROUP BY partition_date ORDER BY partition_date""")).all()
         stems = conn.execute(text(
             """SELECT count(*), coalesce(sum(bytes), 0), coalesce(sum(duration_s), 0)
-               FROM vault_items WHERE kind IN ('inst', 'vocal') AND deleted_at IS NULL""")).one()
+               FROM vault_items WHERE kind IN ('inst', 'vocal') AND deleted_at IS NULL
+                     AND purge_started_at IS NULL""")).one()
         rejects = conn.execute(text(
             "SELECT job_id, reject_code, reject_reason FROM jobs WHERE status = 'rejected' ORDER BY reject_code")).all()
         consent = conn.execute(text(

@@ -19,7 +19,7 @@ def uploads_registered_whole(context: dg.AssetCheckExecutionContext, database: D
                       count(v.*) FILTER (WHERE v.kind = 'vocal') AS vocal,
                       bool_or(c.user_id IS NOT NULL) AS consent
                FROM jobs j
-               LEFT JOIN vault_items v ON v.job_id = j.job_id AND v.deleted_at IS NULL
+               LEFT JOIN vault_items v ON v.job_id = j.job_id AND v.deleted_at IS NULL AND v.purge_started_at IS NULL
                                        AND v.kind IN ('inst', 'vocal')
                LEFT JOIN ml_consent c ON c.user_id = j.user_id
                WHERE j.partition_date = CAST(:day AS date) AND j.status <> 'rejected'

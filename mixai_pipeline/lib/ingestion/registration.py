@@ -282,36 +282,14 @@ def _upsert_stem(conn: Connection, outcome: UploadOutcome, manifest: Manifest, s
 
 
 def _upsert_consent(conn: Connection, manifest: Manifest, actor: str, run_id: str | None) -> None:
-    """The user's latest consent choice wins; an older manifest (a backfill) never overrides a newer one."""
-    before = conn.execute(text("SELECT qa, training FROM ml_consent WHERE user_id = :u FOR UPDATE"),
-                          {"u": manifest.user_id}).first()
-    conn.execute(text(
-        """INSERT INTO ml_consent AS c (user_id, qa, training, qa_updated_at, training_updated_at,
-                                        qa_granted_at, training_granted_at, source)
-           VALUES (:u, :qa, :training, :at, :at, CASE WHEN :qa THEN CAST(:at AS timestamptz) END,
-                   CASE WHEN :training THEN CAST(:at AS timestamptz) END, 'upload_manifest')
-           ON CONFLICT (user_id) DO UPDATE SET
-             qa = CASE WHEN EXCLUDED.qa_updated_at > c.qa_updated_at THEN EXCLUDED.qa ELSE c.qa END,
-             qa_granted_at = CASE WHEN EXCLUDED.qa_updated_at > c.qa_updated_at AND EXCLUDED.qa AND NOT c.qa
-                                  THEN EXCLUDED.qa_updated_at ELSE c.qa_granted_at END,
-             qa_updated_at = GREATEST(c.qa_updated_at, EXCLUDED.qa_updated_at),
-             training = CASE WHEN EXCLUDED.training_updated_at > c.training_updated_at
-                             THEN EXCLUDED.training ELSE c.training END,
-             training_granted_at = CASE WHEN EXCLUDED.training_updated_at > c.training_updated_at
-                                             AND EXCLUDED.training AND NOT c.training
-                                        THEN EXCLUDED.training_updated_at ELSE c.training_granted_at END,
-             training_updated_at = GREATEST(c.training_updated_at, EXCLUDED.training_updated_at),
-             source = CASE WHEN EXCLUDED.training_updated_at > c.training_updated_at
-                           THEN EXCLUDED.source ELSE c.source END,
-             updated_at = now()"""),
-        {"u": manifest.user_id, "qa": manifest.consent.qa, "training": manifest.consent.training,
-         "at": manifest.created_at})
-    after = conn.execute(text("SELECT qa, training FROM ml_consent WHERE user_id = :u"),
-                         {"u": manifest.user_id}).one()
-    if before is None or tuple(before) != tuple(after):
-        write_audit(conn, actor=actor, action="consent.set", target_type="user", target_id=str(manifest.user_id),
-                    details={"before": dict(before._mapping) if before else None, "after": dict(after._mapping),
-                             "source": "upload_manifest", "job_id": str(manifest.job_id), "run_id": run_id})
+    """The manifest states the user's consent as of its ``created_at``: applied by the governance rules
+    (``consent.set_consent``: the latest statement wins, so an older manifest (a backfill) never overrides a
+    newer one; training turned off is a withdrawal with its exclusion and deletion request; audited)."""
+    from mixai_pipeline.lib.governance.consent import set_consent
+
+    set_consent(conn, manifest.user_id, qa=manifest.consent.qa, training=manifest.consent.training,
+                source="upload_manifest", actor=actor, now=manifest.created_at,
+                note=f"job {manifest.job_id} (run {run_id})")
 
 
 # --------------------------------------------------------------------------------------- a day

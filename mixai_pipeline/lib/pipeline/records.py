@@ -26,7 +26,8 @@ def day_jobs(conn: Connection, day: str, *, needs: str | None = None) -> list[Jo
                   max(v.path) FILTER (WHERE v.kind = 'vocal') AS vocal_path,
                   a.offset_ms
            FROM jobs j
-           JOIN vault_items v ON v.job_id = j.job_id AND v.kind IN ('inst', 'vocal') AND v.deleted_at IS NULL
+           JOIN vault_items v ON v.job_id = j.job_id AND v.kind IN ('inst', 'vocal')
+                            AND v.deleted_at IS NULL AND v.purge_started_at IS NULL
            LEFT JOIN alignments a ON a.job_id = j.job_id
            WHERE j.partition_date = CAST(:day AS date) AND j.status IN ('registered', 'processing', 'done')
            GROUP BY j.job_id, j.plan, j.preset, j.bpm, a.offset_ms
@@ -66,7 +67,8 @@ def record_objects(conn: Connection, job_id: str, objects: tuple[StoredObject, .
                WHERE j.job_id = CAST(:job AS uuid)
                ON CONFLICT (path) DO UPDATE SET sha256 = EXCLUDED.sha256, bytes = EXCLUDED.bytes,
                    codec = EXCLUDED.codec, duration_s = EXCLUDED.duration_s, sample_rate = EXCLUDED.sample_rate,
-                   channels = EXCLUDED.channels, expires_at = EXCLUDED.expires_at, deleted_at = NULL"""),
+                   channels = EXCLUDED.channels, expires_at = EXCLUDED.expires_at, deleted_at = NULL,
+                   purge_started_at = NULL"""),
             {"job": job_id, "kind": obj.kind, "clip": obj.clip_kind, "path": obj.path,
              "sha256": store.sha256(obj.path), "bytes": info.size, "codec": obj.codec,
              "duration": obj.duration_s, "rate": obj.sample_rate, "channels": obj.channels})
