@@ -14,6 +14,14 @@
                             registered models with their headline metric beside the best baseline
     mixai models register FILE --task T [--note TEXT] [--version-label L] [--actor NAME]
                             check an ONNX file serves the task; register it as a candidate
+    mixai operators add ACTOR ROLE --by NAME       add an operator (admin only; the first one bootstraps)
+    mixai consent grant|withdraw USER_ID [--qa] [--training] --actor NAME [--reason TEXT]
+                            change a user's consent (a training withdrawal deletes their data within 24 h)
+    mixai legal-hold request (--user ID | --job ID) [--release] --reason TEXT --actor NAME
+    mixai original-access request VAULT_ITEM_ID --reason TEXT --actor NAME
+    mixai approvals list | approve ID --actor NAME | reject ID --actor NAME
+                            4-eyes: a second operator decides; a legal hold applies on approval
+    mixai original-access url REQUEST_ID --actor NAME    a signed URL to the original, valid 120 s
 """
 
 from __future__ import annotations
@@ -138,6 +146,69 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _governance(args: argparse.Namespace) -> int:
+    """Operator governance commands: the library checks the actor's role and refuses with the reason."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import text
+
+    from mixai_pipeline.definitions import object_store_resource
+    from mixai_pipeline.lib.governance import access, consent
+    from mixai_pipeline.resources.database import engine_for
+    from mixai_pipeline.runtime import prepare_environment
+
+    engine = engine_for(prepare_environment().database_url)
+    now = datetime.now(timezone.utc)
+    try:
+        if args.command == "operators":
+            previous = access.add_operator(engine, args.name, args.role, by=args.by, now=now)
+            print(f"{args.name}: {args.role}" + (f" (was {previous})" if previous else ""))
+        elif args.command == "consent":
+            fields = {"qa": args.qa, "training": args.training}
+            if not any(fields.values()):
+                fields["training"] = True
+            value = args.action == "grant"
+            given = {name: value if on else None for name, on in fields.items()}
+            with engine.begin() as conn:
+                access.require_permission(conn, args.actor, "consent.change")
+                change = consent.set_consent(conn, args.user_id, **given, source="operator", actor=args.actor,
+                                             now=now, note=args.reason or None)
+            print(f"user {args.user_id}: changed {', '.join(change.changed) or 'nothing'}"
+                  + ("; withdrawal recorded: their data is deleted within 24 h" if change.withdrawal else ""))
+        elif args.command == "legal-hold":
+            target = {"user_id": args.user} if args.user else {"job_id": args.job}
+            request = access.request_approval(engine, "legal_hold", {**target, "hold": not args.release}, args.reason,
+                                              actor=args.actor, now=now)
+            print(f"approval request {request.id}: a second operator runs `mixai approvals approve {request.id}`"
+                  f" before {request.expires_at:%Y-%m-%d %H:%M} UTC")
+        elif args.command == "original-access" and args.access_command == "request":
+            request = access.request_approval(engine, "original_access", {"vault_item_id": args.item_id},
+                                              args.reason, actor=args.actor, now=now)
+            print(f"approval request {request.id}: needs a second operator's approval")
+        elif args.command == "original-access":
+            signed = access.grant_original_access(engine, object_store_resource().get_store(), args.request_id,
+                                                  actor=args.actor, now=now)
+            print(f"{signed.url}\nvalid until {signed.expires_at:%H:%M:%S} UTC")
+        elif args.approvals_command == "list":
+            with engine.connect() as conn:
+                rows = conn.execute(text(
+                    "SELECT id, kind, target, status, requested_by, expires_at FROM approval_requests "
+                    "ORDER BY id DESC LIMIT 50")).all()
+            for r in rows:
+                print(f"{r.id:>5}  {r.kind:16} {r.status:9} by {r.requested_by:12} until {r.expires_at:%Y-%m-%d %H:%M}"
+                      f"  {r.target}")
+        else:
+            decide = access.approve if args.approvals_command == "approve" else access.reject
+            decision = decide(engine, args.request_id, approver=args.actor, now=now)
+            hold = decision.legal_hold
+            print(f"request {args.request_id}: {decision.request.status}"
+                  + (f"; {hold.changed} item(s) changed, {hold.held} held" if hold else ""))
+    except (access.GovernanceError, ValueError) as exc:
+        print(f"mixai {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mixai", description="Operator commands of the MIXAI data platform.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +259,54 @@ def main(argv: list[str] | None = None) -> int:
     register.add_argument("--version-label", default="", help="version prefix (default upload-<UTC date>)")
     register.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who registers (audit_logs)")
     register.set_defaults(handler=_models)
+
+    operators = sub.add_parser("operators", help="operators and their roles").add_subparsers(
+        dest="operators_command", required=True)
+    add = operators.add_parser("add", help="add an operator or change a role (admin only)")
+    add.add_argument("name")
+    add.add_argument("role", choices=["admin", "ops", "support", "read_only"])
+    add.add_argument("--by", required=True, help="the admin doing it (the first operator bootstraps as admin)")
+    add.set_defaults(handler=_governance)
+
+    consent_parser = sub.add_parser("consent", help="grant or withdraw a user's consent")
+    consent_parser.add_argument("action", choices=["grant", "withdraw"])
+    consent_parser.add_argument("user_id")
+    consent_parser.add_argument("--qa", action="store_true", help="QA listening consent")
+    consent_parser.add_argument("--training", action="store_true", help="training consent (the default)")
+    consent_parser.add_argument("--actor", required=True)
+    consent_parser.add_argument("--reason", default="")
+    consent_parser.set_defaults(handler=_governance)
+
+    hold = sub.add_parser("legal-hold", help="request a legal hold (or its release): admin, then a second approver")
+    hold.add_argument("action", choices=["request"])
+    who = hold.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user")
+    who.add_argument("--job")
+    hold.add_argument("--release", action="store_true", help="lift the hold instead of setting it")
+    hold.add_argument("--reason", required=True)
+    hold.add_argument("--actor", required=True)
+    hold.set_defaults(handler=_governance)
+
+    original = sub.add_parser("original-access", help="approved, audited access to an original stem").add_subparsers(
+        dest="access_command", required=True)
+    ask = original.add_parser("request", help="ask for access to one original (a second operator approves)")
+    ask.add_argument("item_id", type=int, help="the vault_items id of the inst or vocal stem")
+    ask.add_argument("--reason", required=True)
+    ask.add_argument("--actor", required=True)
+    ask.set_defaults(handler=_governance)
+    url = original.add_parser("url", help="a signed URL for an approved request, valid 120 s")
+    url.add_argument("request_id", type=int)
+    url.add_argument("--actor", required=True)
+    url.set_defaults(handler=_governance)
+
+    approvals = sub.add_parser("approvals", help="4-eyes approvals").add_subparsers(dest="approvals_command",
+                                                                                   required=True)
+    approvals.add_parser("list", help="the latest requests").set_defaults(handler=_governance)
+    for verb in ("approve", "reject"):
+        decide = approvals.add_parser(verb, help=f"{verb} a pending request (never your own)")
+        decide.add_argument("request_id", type=int)
+        decide.add_argument("--actor", required=True)
+        decide.set_defaults(handler=_governance)
 
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from mixai_pipeline import settings
-from mixai_pipeline.resources import Database, ModelServing, ObjectStoreResource, Tracking
+from mixai_pipeline.resources import Clock, Database, ModelServing, ObjectStoreResource, Tracking
 
 
 def object_store_resource() -> ObjectStoreResource:
@@ -37,7 +37,7 @@ def resources() -> dict[str, dg.ConfigurableResource]:
                 if os.environ.get(settings.ENV_DATABASE_URL) else Database())
     object_store = object_store_resource()
     return {"database": database, "object_store": object_store, "tracking": Tracking(),
-            "model_serving": ModelServing(database=database, object_store=object_store)}
+            "model_serving": ModelServing(database=database, object_store=object_store), "clock": Clock()}
 
 
 @dg.definitions

@@ -9,8 +9,9 @@ from mixai_pipeline.resources import Database
 
 
 @dg.asset_check(asset=uploads, partitions_def=daily_upload_partitions, blocking=True,
-                description="Every accepted job of the day has exactly one live inst and one live vocal "
-                            "vault item and a consent record; every rejected job says why.")
+                description="Every accepted job of the day has exactly one inst and one vocal vault item "
+                            "(live, or purged by retention or a withdrawal: the row stays) and a consent "
+                            "record; every rejected job says why.")
 def uploads_registered_whole(context: dg.AssetCheckExecutionContext, database: Database) -> dg.AssetCheckResult:
     with database.get_engine().connect() as conn:
         broken = conn.execute(text(
@@ -19,7 +20,7 @@ def uploads_registered_whole(context: dg.AssetCheckExecutionContext, database: D
                       count(v.*) FILTER (WHERE v.kind = 'vocal') AS vocal,
                       bool_or(c.user_id IS NOT NULL) AS consent
                FROM jobs j
-               LEFT JOIN vault_items v ON v.job_id = j.job_id AND v.deleted_at IS NULL AND v.purge_started_at IS NULL
+               LEFT JOIN vault_items v ON v.job_id = j.job_id
                                        AND v.kind IN ('inst', 'vocal')
                LEFT JOIN ml_consent c ON c.user_id = j.user_id
                WHERE j.partition_date = CAST(:day AS date) AND j.status <> 'rejected'

@@ -48,7 +48,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +224,7 @@ LEFT JOIN alignments a ON a.job_id = j.job_id
 WHERE {ELIGIBLE_SQL}
   AND l.task = ANY(:tasks)
   AND (CAST(:received_before AS timestamptz) IS NULL OR j.received_at < CAST(:received_before AS timestamptz))
+  AND (CAST(:day AS date) IS NULL OR j.partition_date = CAST(:day AS date))
   AND (CAST(:label_id_after AS bigint) IS NULL OR l.id > CAST(:label_id_after AS bigint))
   AND (CAST(:label_id_upto AS bigint) IS NULL OR l.id <= CAST(:label_id_upto AS bigint))
   AND CASE l.task WHEN 'master_reg' THEN fm.vec IS NOT NULL
@@ -247,7 +248,7 @@ def new_labelled_rows(conn: Connection, after: Mapping[str, int], *,
     out = {}
     for task in TASKS:
         n, top = conn.execute(text(f"SELECT count(*), max(l.id) {_ELIGIBLE_LABELS_SQL}"), {
-            "v": feature_version, "tasks": [task], "received_before": None,
+            "v": feature_version, "tasks": [task], "received_before": None, "day": None,
             "label_id_after": int(after.get(task, 0)), "label_id_upto": None}).one()
         out[task] = (int(n), None if top is None else int(top))
     return out
@@ -274,11 +275,11 @@ def check_layout(conn: Connection, feature_version: str = FEATURE_VERSION) -> No
 def load_training_set(conn: Connection, *, feature_version: str = FEATURE_VERSION,
                       tasks: Iterable[str] = TASKS, validate: bool = True,
                       received_before: datetime | None = None,
-                      label_ids: tuple[int, int] | None = None) -> pd.DataFrame:
+                      label_ids: tuple[int, int] | None = None, day: date | None = None) -> pd.DataFrame:
     """Every eligible labelled (job, task) with its input vector, in ``COLUMNS`` order, sorted by key;
     with ``received_before``, only uploads that arrived before it (a weekly partition's end: a backfilled
     week sees the uploads of its time, judged by today's consent); with ``label_ids`` = (after, upto), only
-    labels whose id is in (after, upto] (an incremental batch)."""
+    labels whose id is in (after, upto] (an incremental batch); with ``day``, only that day partition's uploads."""
     tasks = list(tasks)
     unknown = set(tasks) - set(TASKS)
     if unknown:
@@ -287,7 +288,7 @@ def load_training_set(conn: Connection, *, feature_version: str = FEATURE_VERSIO
     after, upto = label_ids if label_ids is not None else (None, None)
     rows = conn.execute(text(_TRAINING_ROWS_SQL), {
         "v": feature_version, "tasks": tasks, "received_before": received_before, "label_id_after": after,
-        "label_id_upto": upto}).mappings().all()
+        "label_id_upto": upto, "day": day}).mappings().all()
     frame = frame_from_rows([dict(r) for r in rows])
     return TRAINING_SET_SCHEMA.validate(frame, lazy=True) if validate else frame
 
