@@ -8,6 +8,7 @@ the daemon and prints what the runs produced. The runs stay in the instance: ``m
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -268,6 +269,83 @@ def train_demo_models(engine, log=print) -> bool:
     return True
 
 
+def governance_demo(engine, store, log=print) -> bool:
+    """A withdrawal (consent event → consent_changes_job → user_data_purge_job, the time it took) and the
+    retention purge of the month-old upload (retention_purge for the days its items expired), each with the
+    audit entries it wrote."""
+    from datetime import datetime, timezone
+
+    from mixai_pipeline.lib.demo.uploads import AGED_USER, DEMO_USERS
+    from mixai_pipeline.runtime import run_operator_job
+
+    started = datetime.now(timezone.utc)
+    ok = True
+    user = DEMO_USERS[1]
+    with engine.connect() as conn:
+        consenting = conn.execute(text("SELECT training FROM ml_consent WHERE user_id = :u"), {"u": user}).scalar()
+    if consenting:
+        key = f"consent/{user}/{started:%Y%m%dT%H%M%S}Z.json"
+        store.put_bytes(key, json.dumps({"user_id": str(user), "at": started.isoformat(), "training": False}).encode(),
+                        "application/json")
+        log(f"  user {user} withdraws training consent (the app writes {key})")
+        ok &= _report(log, "consent_changes_job", *run_operator_job(
+            "consent_changes_job", "apply_consent_changes", {"keys": [key]}))
+        done, reports = run_operator_job("user_data_purge_job", "purge_withdrawn_users", {"user_ids": [str(user)]})
+        ok &= _report(log, "user_data_purge_job", done, reports)
+        for r in reports if done else []:
+            log(f"    {r['status']}: {r['objects_deleted']} objects, rows {r['rows_deleted']}; withdrawal → deletion "
+                + ", ".join(f"{s:.1f} s" for s in r["withdrawal_to_deletion_s"].values()) + " (deadline 24 h)")
+        _print_audit(engine, log, started, "user", str(user))
+    else:
+        log(f"  user {user} has already withdrawn (an earlier demo run): no new withdrawal")
+
+    with engine.connect() as conn:
+        days = conn.execute(text(
+            """SELECT DISTINCT (v.expires_at AT TIME ZONE 'Asia/Tokyo')::date FROM vault_items v
+               JOIN jobs j USING (job_id)
+               WHERE j.user_id = :u AND v.deleted_at IS NULL AND v.expires_at <= now() ORDER BY 1"""),
+            {"u": AGED_USER}).scalars().all()
+    if not days:
+        log("  the month-old upload has nothing left to purge (an earlier demo run did it)")
+    for day in days:
+        log(f"  retention_purge partition {day}: what expired that day (the 03:30 schedule runs it the next morning)")
+        ok &= _report(log, "retention_purge_job", *run_operator_job("retention_purge_job", None,
+                                                                    partition_key=day.isoformat()))
+    with engine.connect() as conn:
+        kinds = conn.execute(text(
+            """SELECT v.kind, count(*) FILTER (WHERE v.deleted_at IS NOT NULL), count(*) FROM vault_items v
+               JOIN jobs j USING (job_id) WHERE j.user_id = :u GROUP BY v.kind ORDER BY v.kind"""),
+            {"u": AGED_USER}).all()
+    log("  month-old upload now: " + ", ".join(f"{kind} {gone}/{total} deleted" for kind, gone, total in kinds))
+    _print_audit(engine, log, started, "retention", None)
+    return ok
+
+
+def _report(log, job: str, ok: bool, output) -> bool:
+    log(f"    {job}: {'succeeded' if ok else 'FAILED: ' + str(output)}")
+    return ok
+
+
+def _print_audit(engine, log, since, what: str, user_id: str | None) -> None:
+    """The audit entries written since ``since``: a user's (consent, withdrawal, deletions of their jobs), or
+    the retention purge's deletions."""
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            """SELECT at, actor, action, target_type, target_id, details FROM audit_logs
+               WHERE at >= :since AND (
+                   (:what = 'user' AND (target_id = :user OR details ->> 'user_id' = :user))
+                   OR (:what = 'retention' AND action LIKE 'vault_item.%' AND details ->> 'cause' = 'retention'))
+               ORDER BY id"""), {"since": since, "what": what, "user": user_id}).all()
+    log(f"    audit_logs ({len(rows)} entries):")
+    for r in rows[:12]:
+        details = r.details or {}
+        items = details.get("items")
+        what = (", ".join(sorted({i["kind"] for i in items})) + f" ({len(items)} objects, {details.get('cause')})"
+                if items else json.dumps({k: v for k, v in details.items() if k in ("after", "status", "reason")},
+                                         default=str)[:80])
+        log(f"      {r.at:%H:%M:%S}  {r.actor[:30]:30} {r.action:26} {r.target_type}:{str(r.target_id)[:8]}  {what}")
+
+
 def run_demo(timeout_s: float = 900.0, count: int | None = None, midi: bool = True, log=print) -> int:
     from mixai_pipeline.definitions import object_store_resource
     from mixai_pipeline.lib.demo.uploads import write_demo_inbox
@@ -282,7 +360,7 @@ def run_demo(timeout_s: float = 900.0, count: int | None = None, midi: bool = Tr
     log(f"  object store: {type(store).__name__} {getattr(store, 'root', '')}")
     log(f"  Dagster instance: DAGSTER_HOME={env.dagster_home} (storage in PostgreSQL, database dagster)")
     log("== Demo inbox (Bach chorales rendered with FluidR3 GM; plus deliberately bad uploads) ==")
-    write_demo_inbox(store, count=count, log=log)
+    write_demo_inbox(store, count=count, aged=True, log=log)
     log("== MIDI loop pack (Groove MIDI Dataset, shared data) ==")
     with_midi = import_demo_pack(store, log) if midi else False
 
@@ -303,7 +381,10 @@ def run_demo(timeout_s: float = 900.0, count: int | None = None, midi: bool = Tr
     log("")
     log("== Training: all three tasks now (train_now_job), registered as candidates ==")
     trained = train_demo_models(engine, log)
+    log("")
+    log("== Governance: a withdrawal and a retention purge ==")
+    governed = governance_demo(engine, store, log)
     if failed:
         log(f"{len(failed)} run(s) failed: see `make dev` or {daemon_log}")
         return 1
-    return 0 if trained else 1
+    return 0 if trained and governed else 1

@@ -91,19 +91,29 @@ def prepare_environment(*, migrate: bool = True) -> Environment:
     )
 
 
-def run_operator_job(job_name: str, op_name: str, config: dict) -> tuple[bool, object]:
-    """Run an operator job in this process against the project's Dagster instance (so the UI lists the run):
-    whether it succeeded, and the op's output (or the failure's message)."""
+def run_operator_job(job_name: str, op_name: str | None, config: dict | None = None, *,
+                     partition_key: str | None = None) -> tuple[bool, object]:
+    """Run a job in this process against the project's Dagster instance (so the UI lists the run): whether it
+    succeeded, and the op's output (None for an asset job, ``op_name`` None) or the failure's message."""
+    import warnings
+
+    import dagster as dg
     from dagster import DagsterInstance
 
     from mixai_pipeline.definitions import defs
 
     prepare_environment()
-    job = defs().resolve_job_def(job_name)
+    with warnings.catch_warnings():  # Dagster's beta/preview notices are for developers, not this output
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        job = defs().resolve_job_def(job_name)
     with DagsterInstance.get() as instance:
-        result = job.execute_in_process(run_config={"ops": {op_name: {"config": config}}}, instance=instance,
+        # The console logger at WARNING: the caller prints what the run did; the full log is in the instance.
+        run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                      **({"ops": {op_name: {"config": config}}} if op_name else {})}
+        result = job.execute_in_process(run_config=run_config, instance=instance, partition_key=partition_key,
                                         raise_on_error=False)
     if result.success:
-        return True, result.output_for_node(op_name)
+        return True, result.output_for_node(op_name) if op_name else None
     failures = [e.step_failure_data.error for e in result.all_events if e.is_step_failure]
     return False, "; ".join(f.message.strip() for f in failures if f) or "the run failed"

@@ -37,30 +37,40 @@ def test_demo_runs_through_the_daemon_and_is_idempotent(tmp_path):
     try:
         first = run_demo(home)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-        assert "new_uploads_sensor tick: 1 run(s) requested" in first.stdout
-        assert "2 accepted, 7 rejected" in first.stdout
+        # today's uploads, and the month-old one (its own day partition)
+        assert "new_uploads_sensor tick: 2 run(s) requested" in first.stdout
+        assert "2 accepted, 7 rejected" in first.stdout and "1 accepted, 0 rejected" in first.stdout
 
         engine = engine_for(with_database(start_embedded_postgres(home / "pg"), "mixai", "psycopg"))
         with engine.connect() as conn:
             jobs = conn.execute(text(f"SELECT status, reject_code FROM jobs WHERE {REAL}")).all()
-            stems = conn.execute(text("SELECT kind, codec, duration_s FROM vault_items "
-                                      "WHERE kind IN ('inst', 'vocal')")).all()
+            stems = conn.execute(text("SELECT kind, codec, duration_s, deleted_at IS NOT NULL AS deleted "
+                                      "FROM vault_items WHERE kind IN ('inst', 'vocal')")).all()
             audits = conn.execute(text(f"SELECT count(*) FROM audit_logs WHERE {NOT_TRAINING}")).scalar_one()
         assert sorted(code for status, code in jobs if status == "rejected") == sorted(
             ["manifest_unreadable", "unknown_plan", "stem_missing", "audio_corrupt", "audio_empty",
              "unsupported_format", "hostile_name"])
-        assert len(stems) == 4 and all(duration > 30 for _, _, duration in stems)  # real, rendered chorales
+        assert len(stems) == 6 and all(s.duration_s > 30 for s in stems)  # real, rendered chorales
+        # governance: the withdrawn user's stems and the month-old upload's (past 7 days) are deleted
+        assert sum(s.deleted for s in stems) == 4
         truth = sorted((home / "objects" / "groundtruth").glob("*.json"))
-        assert len(truth) == 2
+        assert len(truth) == 3
 
         with engine.connect() as conn:
             masters = conn.execute(text("SELECT lufs_out, true_peak_dbtp, params FROM masters")).all()
+            requests = conn.execute(text("SELECT status, duration_s FROM deletion_requests")).all()
+            retention = conn.execute(text(
+                "SELECT count(*) FROM audit_logs WHERE action = 'vault_item.deleted' "
+                "AND details ->> 'cause' = 'retention'")).scalar_one()
             labelled = conn.execute(text(f"SELECT count(DISTINCT job_id) FROM labels JOIN jobs USING (job_id) "
                                          f"WHERE {REAL}")).scalar_one()
             features = conn.execute(text(f"SELECT count(*) FROM features_store JOIN jobs USING (job_id) "
                                          f"WHERE {REAL}")).scalar_one()
             models = conn.execute(text("SELECT name, status, mlflow_run_id FROM model_registry")).all()
-        assert len(masters) == 2 and labelled == 2 and features == 6  # the whole audio pipeline ran
+        # the whole audio pipeline ran for the three uploads; the withdrawn user's rows are gone since
+        assert len(masters) == 2 and labelled == 2 and features == 6
+        assert [r.status for r in requests] == ["completed"] and requests[0].duration_s < 24 * 3600
+        assert retention >= 1 and "== Governance: a withdrawal and a retention purge ==" in first.stdout
         assert all(tp <= -1.0 + 1e-6 and abs(lufs - params[3]) <= 0.5 for lufs, tp, params in masters)
         assert "== Audio pipeline, per job ==" in first.stdout
         # training: the three tasks on the real uploads + the synthetic cohort, registered with their MLflow runs
@@ -72,7 +82,7 @@ def test_demo_runs_through_the_daemon_and_is_idempotent(tmp_path):
         with dagster.connect() as conn:
             statuses = conn.execute(text("SELECT status FROM runs")).scalars().all()
         # the runs live in the instance, the UI shows them: uploads, (MIDI pack,) train now
-        assert statuses == ["SUCCESS"] * (3 if WITH_MIDI else 2)
+        assert set(statuses) == {"SUCCESS"}
         if WITH_MIDI:
             assert "new_midi_packs_sensor tick: 1 run(s) requested" in first.stdout
             assert "== MIDI loop pack 'groove-midi' ==" in first.stdout and "Stage 2:" in first.stdout

@@ -9,11 +9,12 @@ from the demo slot, and existing uploads are left alone, so running the demo twi
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from mixai_pipeline.lib.demo import render
@@ -75,9 +76,10 @@ def _put_unchecked(store: ObjectStore, key: str, data: bytes) -> None:
         raise TypeError(type(store).__name__)
 
 
-def write_good_upload(store: ObjectStore, index: int, spec: tuple, workdir: Path) -> DemoUpload:
+def write_good_upload(store: ObjectStore, index: int, spec: tuple, workdir: Path, *, slot: str | None = None,
+                      **manifest_overrides) -> DemoUpload:
     corpus_path, patch, bpm, repeats, offset_ms, inst_fmt, vocal_fmt = spec
-    job_id = demo_job_id(f"good-{index}-{corpus_path}")
+    job_id = demo_job_id(slot or f"good-{index}-{corpus_path}")
     prefix = f"{INBOX_PREFIX}{job_id}/"
     description = (f"{corpus_path}: S → choir vocal ({vocal_fmt}), ATB → {patch} ({inst_fmt}), "
                    f"offset {offset_ms:+.0f} ms")
@@ -108,8 +110,8 @@ def write_good_upload(store: ObjectStore, index: int, spec: tuple, workdir: Path
     for path in stems.values():
         store.put_file(f"{prefix}{path.name}", path)
     # The manifest goes last: it is what marks the upload complete.
-    store.put_bytes(prefix + MANIFEST_NAME, _manifest(job_id, index, bpm=float(bpm), key=info.key),
-                    "application/json")
+    store.put_bytes(prefix + MANIFEST_NAME, _manifest(job_id, index, bpm=float(bpm), key=info.key,
+                                                      **manifest_overrides), "application/json")
     return DemoUpload(job_id, "good", description, written=True)
 
 
@@ -156,9 +158,29 @@ def write_bad_uploads(store: ObjectStore, wav: bytes) -> list[DemoUpload]:
     return written
 
 
-def write_demo_inbox(store: ObjectStore, count: int | None = None, bad: bool = True,
+AGED_DAYS = 31
+AGED_USER = uuid.uuid5(DEMO_NAMESPACE, "user-aged")
+
+
+def write_aged_upload(store: ObjectStore, workdir: Path, days_old: int = AGED_DAYS) -> DemoUpload | None:
+    """One rendered upload that arrived ``days_old`` days ago (its objects' modification times set back), so
+    that the demo can show a real retention purge: its stems (7 d), master (15 d) and previews (30 d) are
+    past their expiry. Only on the local store (an S3 object's time cannot be set): None there."""
+    if not isinstance(store, LocalObjectStore):
+        return None
+    arrived = datetime.now(timezone.utc) - timedelta(days=days_old)
+    upload = write_good_upload(store, 2, GOOD_UPLOADS[2], workdir, slot=f"aged-{days_old}d",
+                               user_id=str(AGED_USER), plan="standard", created_at=arrived.isoformat())
+    if upload.written:
+        for info in store.list(f"{INBOX_PREFIX}{upload.job_id}/"):
+            os.utime(store.root / info.key, (arrived.timestamp(), arrived.timestamp()))
+    return DemoUpload(upload.job_id, f"aged {days_old} days", upload.description, upload.written)
+
+
+def write_demo_inbox(store: ObjectStore, count: int | None = None, bad: bool = True, aged: bool = False,
                      log: Callable[[str], None] = print) -> list[DemoUpload]:
-    """Write ``count`` rendered uploads (all by default) and the bad ones; return what is in the demo inbox."""
+    """Write ``count`` rendered uploads (all by default), with ``aged`` one that arrived a month ago, and the
+    bad ones; return what is in the demo inbox."""
     count = len(GOOD_UPLOADS) if count is None else count
     if not 0 <= count <= len(GOOD_UPLOADS):
         raise ValueError(f"count must be between 0 and {len(GOOD_UPLOADS)}")
@@ -169,6 +191,14 @@ def write_demo_inbox(store: ObjectStore, count: int | None = None, bad: bool = T
             upload = write_good_upload(store, index, spec, workdir)
             log(f"  {'wrote  ' if upload.written else 'exists '} {upload.job_id}  {upload.description}")
             results.append(upload)
+        if aged:
+            upload = write_aged_upload(store, workdir)
+            if upload is None:
+                log("  (the month-old upload needs the local store: an S3 object's time cannot be set back)")
+            else:
+                log(f"  {'wrote  ' if upload.written else 'exists '} {upload.job_id}  {upload.description}, "
+                    f"arrived {AGED_DAYS} days ago")
+                results.append(upload)
         if bad:
             short = workdir / "short.wav"
             render.encode_tone(short)

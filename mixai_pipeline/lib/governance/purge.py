@@ -28,9 +28,9 @@ being processed would break it). For those jobs it deletes:
 - every vault object of every kind (inst/vocal stems still held, mix, master, previews, waveforms),
   except items under legal hold, which are reported (``held_items``) and make the request ``partial_hold``;
 - objects under the jobs' prefixes (``uploads/<job>/``, ``derived/<job>/``, ``previews/<job>/``) that have
-  no row: the manifest, the stems of a rejected upload, leftovers of an interrupted stage. Objects younger
-  than ``UNREGISTERED_GRACE`` are left for a later run (a stage may be between writing and registering),
-  and the request stays pending until then;
+  no row: the manifest, the stems of a rejected upload, leftovers of an interrupted stage. Objects written
+  after the upload was received and younger than ``UNREGISTERED_GRACE`` are left for a later run (a stage
+  may be between writing and registering), and the request stays pending until then;
 - the rows derived from the audio: ``features_store``, ``labels``, ``alignments``, ``mixes`` and
   ``masters`` (offsets, loudness, parameters and statistics computed from the user's recordings).
 
@@ -281,7 +281,8 @@ def purge_user_data(engine: Engine, store: ObjectStore, user_id: UUID | str, *, 
     open_ids = [r.id for r in requests if r.status != "completed"]
     with engine.connect() as conn:
         jobs = conn.execute(text(
-            "SELECT job_id::text AS job_id, upload_prefix FROM jobs WHERE user_id = :u AND received_at <= :cutoff "
+            "SELECT job_id::text AS job_id, upload_prefix, received_at FROM jobs WHERE user_id = :u "
+            "AND received_at <= :cutoff "
             "ORDER BY job_id"), {"u": user, "cutoff": cutoff}).all()
     job_ids = [j.job_id for j in jobs]
     report = UserPurgeReport(user, "pending", tuple(open_ids), cutoff, jobs=len(jobs))
@@ -343,7 +344,9 @@ def _sweep_unregistered(engine: Engine, store: ObjectStore, jobs: Sequence[Any],
                 if key_problem(info.key):
                     report.unaddressable.append(info.key)
                     continue
-                if info.last_modified > now - UNREGISTERED_GRACE:
+                # Part of the registered upload (written by the time it was received), or old enough that no
+                # upload can still be writing it.
+                if info.last_modified > job.received_at and info.last_modified > now - UNREGISTERED_GRACE:
                     report.unregistered_too_young.append(info.key)
                     continue
                 try:
