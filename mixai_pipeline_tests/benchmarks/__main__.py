@@ -1,11 +1,12 @@
 """Run the benchmarks and print one JSON document: ``python -m mixai_pipeline_tests.benchmarks [name ...]``
-(names: ingestion, features, pipeline, midi, inference, training; default all)."""
+(names: ingestion, features, pipeline, midi, inference, training, governance; default all)."""
 
 import json
 import sys
 
 from mixai_pipeline_tests.benchmarks import (
     bench_features,
+    bench_governance,
     bench_inference,
     bench_ingestion,
     bench_midi,
@@ -20,6 +21,7 @@ BENCHMARKS = {
     "midi": bench_midi.run,
     "inference": bench_inference.run,
     "training": bench_training.run,
+    "governance": bench_governance.run,
 }
 
 
