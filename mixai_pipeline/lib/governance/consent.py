@@ -143,14 +143,16 @@ def _lock_or_create(conn: Connection, user: UUID, source: str, now: datetime) ->
     row = _lock(conn, user)
     if row is not None:
         return row, False
-    # Default: no consent, neither field stated yet. ON CONFLICT: another transaction created it first.
-    conn.execute(text(
+    # Default: no consent, neither field stated yet. ON CONFLICT: another transaction created it first (two
+    # uploads of a new user registered in parallel), and then this one did not create it.
+    created = conn.execute(text(
         """INSERT INTO ml_consent (user_id, qa, training, qa_updated_at, training_updated_at, source, updated_at)
-           VALUES (:u, false, false, :never, :never, :source, :now) ON CONFLICT (user_id) DO NOTHING"""),
-        {"u": user, "never": NEVER_STATED, "source": source, "now": now})
+           VALUES (:u, false, false, :never, :never, :source, :now) ON CONFLICT (user_id) DO NOTHING
+           RETURNING user_id"""),
+        {"u": user, "never": NEVER_STATED, "source": source, "now": now}).first() is not None
     row = _lock(conn, user)
     assert row is not None
-    return row, True
+    return row, created
 
 
 def _latest(*moments: datetime | None) -> datetime | None:
