@@ -171,10 +171,9 @@ def _governance(args: argparse.Namespace) -> int:
             given = {name: value if on else None for name, on in fields.items()}
             with engine.begin() as conn:
                 access.require_permission(conn, args.actor, "consent.change")
-                change = consent.set_consent(conn, args.user_id, **given, source="operator", actor=args.actor,
-                                             now=now, note=args.reason or None)
-            print(f"user {args.user_id}: changed {', '.join(change.changed) or 'nothing'}"
-                  + ("; withdrawal recorded: their data is deleted within 24 h" if change.withdrawal else ""))
+                change = consent.operator_change(conn, args.user_id, **given, actor=args.actor, now=now,
+                                                 reason=args.reason or None)
+            print(f"user {args.user_id}: {change}")
         elif args.command == "legal-hold":
             target = {"user_id": args.user} if args.user else {"job_id": args.job}
             request = access.request_approval(engine, "legal_hold", {**target, "hold": not args.release}, args.reason,

@@ -3,11 +3,17 @@
 from datetime import date, timedelta
 
 import dagster as dg
+from pydantic import Field
 
 from mixai_pipeline.defs.partitions import daily_upload_partitions
 from mixai_pipeline.resources import Clock, Database, ObjectStoreResource
 
 RETENTION_CHECK = "retention_check"
+
+
+class RetentionPurgeConfig(dg.Config):
+    catch_up: bool = Field(default=False, description="also purge what expired before this day and is still there "
+                                                      "(the daily schedule sets it; a backfill keeps to its days)")
 
 
 @dg.asset(
@@ -16,17 +22,19 @@ RETENTION_CHECK = "retention_check"
                                    description="nothing that expired on this day is still live unless a legal "
                                                "hold keeps it; no purge left half done")],
 )
-def retention_purge(context: dg.AssetExecutionContext, database: Database, object_store: ObjectStoreResource,
-                    clock: Clock):
+def retention_purge(context: dg.AssetExecutionContext, config: RetentionPurgeConfig, database: Database,
+                    object_store: ObjectStoreResource, clock: Clock):
     """Deletes the objects whose retention (``retention_policies`` per plan and kind: inst/vocal 7 d, master
-    15 d, preview 30 d; freetrial 3/3/7/14) expired on this Asia/Tokyo day, up to now: never early, never
-    under legal hold. Crash-safe (intent, then object, then tombstone; a rerun completes an interrupted
-    purge); every deletion audited; a backfill over past days deletes exactly what the policy says."""
+    15 d, preview 30 d; freetrial 3/3/7/14) expired on this Asia/Tokyo day, up to now (with ``catch_up``,
+    as the daily schedule runs it, also anything expired earlier and still there: a released legal hold, a
+    failed run): never early, never under legal hold.
+    Crash-safe (intent, then object, then tombstone; a rerun completes an interrupted purge); every deletion
+    audited; a backfill over past days deletes exactly what the policy says."""
     from mixai_pipeline.lib.governance import retention
 
     day, now = date.fromisoformat(context.partition_key), clock.now()
     engine = database.get_engine()
-    report = retention.purge_for_day(engine, object_store.get_store(), day, now=now,
+    report = retention.purge_for_day(engine, object_store.get_store(), day, now=now, catch_up=config.catch_up,
                                      actor=f"dagster:retention_purge:{context.run.run_id[:8]}")
     for error in report.errors[:20]:
         context.log.warning(f"not deleted (retried by the next run): {error}")

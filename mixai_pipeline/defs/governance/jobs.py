@@ -111,10 +111,9 @@ def set_consent(context: dg.OpExecutionContext, config: SetConsentConfig, databa
             access.require_permission(conn, config.actor, "consent.change")
         except access.PermissionDenied as exc:
             raise dg.Failure(str(exc)) from exc
-        change = consent.set_consent(conn, config.user_id, qa=config.qa, training=config.training,
-                                     source="operator", actor=config.actor, now=clock.now(), note=config.reason or None)
-    summary = {"user_id": config.user_id, "changed": bool(change.changed),
-               "withdrawal": change.withdrawal is not None}
+        outcome = consent.operator_change(conn, config.user_id, qa=config.qa, training=config.training,
+                                          actor=config.actor, now=clock.now(), reason=config.reason or None)
+    summary = {"user_id": config.user_id, "outcome": outcome}
     return dg.Output(summary, metadata=summary)
 
 

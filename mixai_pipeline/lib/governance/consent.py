@@ -297,6 +297,24 @@ def withdraw_training(conn: Connection, user_id: UUID | str, *, actor: str, now:
     return change.withdrawal
 
 
+def operator_change(conn: Connection, user_id: UUID | str, *, qa: bool | None = None,
+                    training: bool | None = None, actor: str, now: datetime, reason: str | None = None) -> str:
+    """An operator's statement (``mixai consent``, ``set_consent_job``): a training withdrawal is explicit
+    (``withdraw_training``: never ignored as stale, always a deletion request); the rest is ``set_consent``.
+    Returns what happened, in words."""
+    said = []
+    if training is False:
+        withdrawal = withdraw_training(conn, user_id, actor=actor, now=now, reason=reason, source="operator")
+        said.append(f"training withdrawn (deletion request {withdrawal.deletion_request_id}: the user's data is "
+                    "deleted within 24 h)")
+    rest = {"qa": qa, "training": training if training is not False else None}
+    if any(v is not None for v in rest.values()):
+        change = set_consent(conn, user_id, **rest, source="operator", actor=actor, now=now, note=reason)
+        stale = f" (older than the last statement, ignored: {', '.join(change.stale)})" if change.stale else ""
+        said.append(f"changed {', '.join(change.changed) or 'nothing'}{stale}")
+    return "; ".join(said)
+
+
 # ------------------------------------------------------------------------------------------- events
 
 def _parse_time(value: str, what: str) -> datetime:

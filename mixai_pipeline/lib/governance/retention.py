@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -72,6 +72,9 @@ def expiry_for(conn: Connection, plan: str, kind: str, created_at: datetime) -> 
     if days is None:
         raise ValueError(f"no retention policy for plan {plan!r} and kind {kind!r}")
     return created_at + timedelta(days=days)
+
+
+EARLIEST_EXPIRY = datetime(2000, 1, 1, tzinfo=timezone.utc)  # before any upload: "everything up to"
 
 
 def day_window(day: date) -> tuple[datetime, datetime]:
@@ -169,10 +172,14 @@ def purge_expired(engine: Engine, store: ObjectStore, *, now: datetime, actor: s
 
 
 def purge_for_day(engine: Engine, store: ObjectStore, day: date, *, now: datetime, actor: str = DEFAULT_ACTOR,
-                  batch_size: int = DEFAULT_BATCH, workers: int = DEFAULT_WORKERS) -> RetentionReport:
-    """The day partition of the purge: items whose expiry fell on the Asia/Tokyo ``day``, up to ``now``."""
+                  batch_size: int = DEFAULT_BATCH, workers: int = DEFAULT_WORKERS,
+                  catch_up: bool = False) -> RetentionReport:
+    """The day partition of the purge: items whose expiry fell on the Asia/Tokyo ``day``, up to ``now``; with
+    ``catch_up``, also anything that expired before the day and is still there (a legal hold released since,
+    a failed run), so no expired item waits for someone to rerun an old partition."""
+    start, end = day_window(day)
     return purge_expired(engine, store, now=now, actor=actor, batch_size=batch_size, workers=workers,
-                         window=day_window(day))
+                         window=(EARLIEST_EXPIRY if catch_up else start, end))
 
 
 # ------------------------------------------------------------------------------------------------ checks
