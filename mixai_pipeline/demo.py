@@ -238,19 +238,22 @@ def train_demo_models(engine, log=print) -> bool:
             for clip in ("inst", "vocal")}
         real_rows = conn.execute(text(f"SELECT count(*) FROM labels JOIN jobs j USING (job_id) WHERE j.{REAL_JOBS_SQL}"
                                       )).scalar()
-    fitted = all(len(v) >= 3 for v in real.values())
-    dists = {clip: synthetic.fit_distribution(v) for clip, v in real.items()} if fitted else None
-    with engine.begin() as conn:
-        cohort = synthetic.insert_synthetic_cohort(
-            conn, DEMO_COHORT_UPLOADS, seed=DEMO_COHORT_SEED, distributions=dists,
-            received_at=datetime.now(timezone.utc) - timedelta(minutes=5), partition_date=DEMO_COHORT_DAY)
-        if cohort["jobs_written"]:
+        existing = conn.execute(text(f"SELECT count(*) FROM jobs WHERE NOT ({REAL_JOBS_SQL})")).scalar()
+    if existing:  # an earlier demo run wrote it (from the real uploads of then): kept as it is
+        log(f"  real uploads: {real_rows} labels; the synthetic cohort of an earlier demo run: {existing} uploads")
+    else:
+        fitted = all(len(v) >= 3 for v in real.values())
+        dists = {clip: synthetic.fit_distribution(v) for clip, v in real.items()} if fitted else None
+        with engine.begin() as conn:
+            cohort = synthetic.insert_synthetic_cohort(
+                conn, DEMO_COHORT_UPLOADS, seed=DEMO_COHORT_SEED, distributions=dists,
+                received_at=datetime.now(timezone.utc) - timedelta(minutes=5), partition_date=DEMO_COHORT_DAY)
             write_audit(conn, actor="demo", action="demo.synthetic_cohort", target_type="jobs",
                         target_id=cohort["cohort"], details=cohort)
-    log(f"  real uploads: {real_rows} labels; synthetic cohort {cohort['cohort']}: {cohort['jobs']} uploads of "
-        f"{cohort['users']} synthetic users ({cohort['jobs_written']} written now; jobs.manifest source "
-        f"'synthetic'), features drawn from " + ("the real uploads' inst/vocal feature distribution" if fitted
-                                                 else "the default distribution (too few real uploads)"))
+        log(f"  real uploads: {real_rows} labels; synthetic cohort {cohort['cohort']}: {cohort['jobs']} uploads of "
+            f"{cohort['users']} synthetic users (jobs.upload_prefix 'synthetic/…'), features drawn from "
+            + ("the real uploads' inst/vocal feature distribution" if fitted
+               else "the default distribution (too few real uploads)"))
     log(f"  min_samples lowered to {DEMO_MIN_SAMPLES} for the demo (the seed's 1,000 applies to the weekly run)")
     ok, output = run_operator_job("train_now_job", "train_now", {
         "min_samples": DEMO_MIN_SAMPLES, "actor": "demo", "reason": "make demo"})

@@ -83,7 +83,10 @@ def write_good_upload(store: ObjectStore, index: int, spec: tuple, workdir: Path
     prefix = f"{INBOX_PREFIX}{job_id}/"
     description = (f"{corpus_path}: S → choir vocal ({vocal_fmt}), ATB → {patch} ({inst_fmt}), "
                    f"offset {offset_ms:+.0f} ms")
-    if store.exists(prefix + MANIFEST_NAME):
+    # The ground truth is written last and never purged: a demo upload a withdrawal or retention since
+    # deleted (manifest included) is not uploaded again as if the user had come back.
+    truth_key = f"{GROUNDTRUTH_PREFIX}{job_id}.json"
+    if store.exists(truth_key):
         return DemoUpload(job_id, "good", description, written=False)
     score = render.load_chorale(corpus_path)
     info = render.chorale_info(score, corpus_path)
@@ -106,12 +109,12 @@ def write_good_upload(store: ObjectStore, index: int, spec: tuple, workdir: Path
              "offset_convention": "positive: the vocal file starts later than the shared timeline "
                                   "(silence added); negative: its first ms were trimmed",
              "formats": {"inst": inst_fmt, "vocal": vocal_fmt}, "sample_rate": render.SAMPLE_RATE}
-    store.put_bytes(f"{GROUNDTRUTH_PREFIX}{job_id}.json", json.dumps(truth, indent=2).encode(), "application/json")
     for path in stems.values():
         store.put_file(f"{prefix}{path.name}", path)
-    # The manifest goes last: it is what marks the upload complete.
+    # The manifest goes after the stems: it is what marks the upload complete.
     store.put_bytes(prefix + MANIFEST_NAME, _manifest(job_id, index, bpm=float(bpm), key=info.key,
                                                       **manifest_overrides), "application/json")
+    store.put_bytes(truth_key, json.dumps(truth, indent=2).encode(), "application/json")
     return DemoUpload(job_id, "good", description, written=True)
 
 
