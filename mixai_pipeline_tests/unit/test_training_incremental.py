@@ -193,6 +193,17 @@ def test_a_batch_below_min_new_samples_is_refused(learnable_batches, learned):
 
 # ------------------------------------------------------------------------------------------ persistence
 
+def test_a_state_that_learned_from_a_withdrawn_users_rows_is_forgotten(tmp_path, learned):
+    store = LocalObjectStore(tmp_path / "objects")
+    state = learned["align_conf"][1].state
+    incremental.save_state(store, "align_conf", state)
+    assert not incremental.forget(store, "align_conf", ["00000000-0000-4000-8000-000000000000"])  # not in it
+    assert incremental.load_state(store, "align_conf") is not None
+    assert incremental.forget(store, "align_conf", [sorted(state.included_job_ids)[0]])
+    assert incremental.load_state(store, "align_conf") is None  # the next update starts a new model
+    assert not incremental.forget(store, "preset_cls", state.included_job_ids)  # no state there: nothing to do
+
+
 def test_state_round_trips_through_the_store(tmp_path, learnable_batches, learned):
     store = LocalObjectStore(tmp_path / "objects")
     assert incremental.load_state(store, "preset_cls") is None  # nothing yet: start from scratch

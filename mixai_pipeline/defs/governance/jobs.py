@@ -71,6 +71,9 @@ def purge_withdrawn_users(context: dg.OpExecutionContext, config: UserDataPurgeC
                         "bytes_freed": report.bytes_freed, "rows_deleted": report.rows_deleted,
                         "held": len(report.held), "errors": len(report.errors),
                         "withdrawal_to_deletion_s": {str(k): round(v, 1) for k, v in report.durations_s.items()}})
+    forgotten = _forget_in_incremental_models(engine, store, users)
+    if forgotten:
+        context.log.info(f"incremental models reset (they had learned from these users): {', '.join(forgotten)}")
     durations = [d for r in reports for d in r["withdrawal_to_deletion_s"].values()]
     with engine.connect() as conn:
         overdue = purge.overdue_deletion_requests(conn, now=now)
@@ -80,7 +83,23 @@ def purge_withdrawn_users(context: dg.OpExecutionContext, config: UserDataPurgeC
         "users": len(reports), "objects_deleted": sum(r["objects_deleted"] for r in reports),
         "held": sum(r["held"] for r in reports), "errors": sum(r["errors"] for r in reports),
         "max_withdrawal_to_deletion_h": round(max(durations) / 3600, 2) if durations else 0.0,
-        "overdue_requests": len(overdue), "reports": dg.MetadataValue.json(reports[:50])})
+        "overdue_requests": len(overdue), "incremental_models_reset": ", ".join(forgotten) or "none",
+        "reports": dg.MetadataValue.json(reports[:50])})
+
+
+def _forget_in_incremental_models(engine, store, users: list[str]) -> list[str]:
+    """The tasks whose incremental model had learned from these users' uploads, now reset (the weekly models
+    are retrained from the consented set; already trained weights are not changed, as seed 000 says)."""
+    from sqlalchemy import text
+
+    from mixai_pipeline.lib.training import dataset, incremental
+
+    if not users:
+        return []
+    with engine.connect() as conn:
+        jobs = conn.execute(text("SELECT job_id::text FROM jobs WHERE user_id = ANY(CAST(:u AS uuid[]))"),
+                            {"u": users}).scalars().all()
+    return [task for task in dataset.TASKS if incremental.forget(store, task, jobs)]
 
 
 @dg.job(description="Withdrawn users' data deleted within 24 h (deletion_requests_sensor, or by hand).")

@@ -58,9 +58,9 @@ orphan old files. A missing file means "start from scratch"; an unreadable or in
 ``IncrementalStateError`` naming the key, never a silent restart (that would drop the history). joblib is
 pickle: the key must be writable by the pipeline only.
 
-What an incremental model cannot do: forget. A withdrawal of consent or an exclusion after a row was
-included stays in the weights until the state is reset (deleted) and rebuilt; the weekly retrain on the
-then-current consented set is the clean model.
+What an incremental model cannot do: forget. A row of a user who withdraws stays in the weights, so the
+withdrawal's purge deletes any state that includes the user's uploads (``forget``) and the next update
+starts a new model; the weekly retrain on the then-current consented set is the clean model.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ import copy
 import hashlib
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -324,6 +324,17 @@ def load_state(store: ObjectStore, task: str) -> IncrementalModel | None:
     if not store.exists(key):
         return None
     return state_from_bytes(store.get_bytes(key), task=task, key=key)
+
+
+def forget(store: ObjectStore, task: str, job_ids: Iterable[str]) -> bool:
+    """An incremental model cannot unlearn rows: when its state includes any of ``job_ids`` (a withdrawn
+    user's uploads), the state is deleted, and the next update starts a new model from the rows that
+    arrive after the watermark. True if it was deleted."""
+    state = load_state(store, task)
+    if state is None or not set(map(str, job_ids)) & set(state.included_job_ids):
+        return False
+    store.delete(state_key(task))
+    return True
 
 
 # ------------------------------------------------------------------------------------------ batches
