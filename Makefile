@@ -38,6 +38,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# librosa's numba kernels compiled and cached once, here, in one process: left to the first runs, parallel
+	# processes compiling the same kernels at once corrupted numba's on-disk cache (workers then segfaulted).
+	$(BIN)/python -c "import mixai_pipeline.lib.pipeline.warm"
 	touch $(STAMP)
 
 demo: setup
