@@ -221,3 +221,24 @@ def test_the_cli_lists_and_registers_models(engine, db_url, tmp_path, monkeypatc
     assert main(["models", "list", "--task", "align_conf"]) == 0
     listing = capsys.readouterr().out
     assert "align_conf" in listing and "onnx/operator-upload" in listing
+
+
+def test_a_withdrawal_resets_the_incremental_model_that_learned_from_the_user(engine, resources, local_store):
+    from mixai_pipeline.defs.governance.jobs import user_data_purge_job
+    from mixai_pipeline.lib.governance import consent
+    from mixai_pipeline.resources import Clock
+
+    cohort(engine, 150, seed=14)
+    with engine.connect() as conn:
+        frame = dataset.load_training_set(conn, tasks=["align_conf"])
+    incremental.save_state(local_store, "align_conf", incremental.update(None, frame, "align_conf").state)
+    user = frame["user_id"].iloc[0]
+    with engine.begin() as conn:
+        consent.withdraw_training(conn, user, actor="test", now=datetime.now(timezone.utc))
+    result = user_data_purge_job.execute_in_process(
+        run_config={"ops": {"purge_withdrawn_users": {"config": {"user_ids": [user]}}}},
+        resources={**resources, "clock": Clock()})
+    assert result.success
+    [materialization] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    assert materialization.event_specific_data.metadata["incremental_models_reset"].value == "align_conf"
+    assert incremental.load_state(local_store, "align_conf") is None  # the next update starts a new model

@@ -3,7 +3,6 @@
 from datetime import date
 
 import dagster as dg
-from sqlalchemy import text
 
 from mixai_pipeline.defs.audio.assets import labels
 from mixai_pipeline.defs.partitions import daily_upload_partitions
@@ -34,12 +33,8 @@ def orphan_sweep(database: Database, object_store: ObjectStoreResource) -> dg.As
 
     with database.get_engine().connect() as conn:
         report = orphans(conn, object_store.get_store(), ("uploads/", "derived/", "previews/"))
-        rejected = tuple(conn.execute(text("SELECT upload_prefix FROM jobs WHERE status = 'rejected'")).scalars())
-    # A rejected upload's files have no rows by design: kept, with the reason in jobs, for the user and support.
-    unaccounted = [o for o in report.objects_without_row if not o.key.startswith(rejected)]
-    return dg.AssetCheckResult(passed=not unaccounted and not report.rows_without_object, metadata={
-        "objects_without_row": len(unaccounted), "rows_without_object": len(report.rows_without_object),
-        "rejected_upload_objects": len(report.objects_without_row) - len(unaccounted),
-        "in_purge": len(report.in_purge),
-        "examples": dg.MetadataValue.json([o.key for o in unaccounted[:10]]
+    return dg.AssetCheckResult(passed=report.consistent, metadata={
+        "objects_without_row": len(report.objects_without_row), "rows_without_object": len(report.rows_without_object),
+        "rejected_upload_objects": len(report.rejected_upload_objects), "in_purge": len(report.in_purge),
+        "examples": dg.MetadataValue.json([o.key for o in report.objects_without_row[:10]]
                                           + [m.path for m in report.rows_without_object[:10]])})

@@ -55,6 +55,7 @@ class UserDataPurgeConfig(dg.Config):
 def purge_withdrawn_users(context: dg.OpExecutionContext, config: UserDataPurgeConfig, database: Database,
                           object_store: ObjectStoreResource, clock: Clock) -> dg.Output[list[dict]]:
     from mixai_pipeline.lib.governance import purge
+    from mixai_pipeline.lib.training import incremental
 
     engine, store, now = database.get_engine(), object_store.get_store(), clock.now()
     if config.user_ids:
@@ -71,7 +72,8 @@ def purge_withdrawn_users(context: dg.OpExecutionContext, config: UserDataPurgeC
                         "bytes_freed": report.bytes_freed, "rows_deleted": report.rows_deleted,
                         "held": len(report.held), "errors": len(report.errors),
                         "withdrawal_to_deletion_s": {str(k): round(v, 1) for k, v in report.durations_s.items()}})
-    forgotten = _forget_in_incremental_models(engine, store, users)
+    with engine.connect() as conn:  # incremental models cannot unlearn the users' rows: reset them
+        forgotten = incremental.forget_users(conn, store, users)
     if forgotten:
         context.log.info(f"incremental models reset (they had learned from these users): {', '.join(forgotten)}")
     durations = [d for r in reports for d in r["withdrawal_to_deletion_s"].values()]
@@ -85,21 +87,6 @@ def purge_withdrawn_users(context: dg.OpExecutionContext, config: UserDataPurgeC
         "max_withdrawal_to_deletion_h": round(max(durations) / 3600, 2) if durations else 0.0,
         "overdue_requests": len(overdue), "incremental_models_reset": ", ".join(forgotten) or "none",
         "reports": dg.MetadataValue.json(reports[:50])})
-
-
-def _forget_in_incremental_models(engine, store, users: list[str]) -> list[str]:
-    """The tasks whose incremental model had learned from these users' uploads, now reset (the weekly models
-    are retrained from the consented set; already trained weights are not changed, as seed 000 says)."""
-    from sqlalchemy import text
-
-    from mixai_pipeline.lib.training import dataset, incremental
-
-    if not users:
-        return []
-    with engine.connect() as conn:
-        jobs = conn.execute(text("SELECT job_id::text FROM jobs WHERE user_id = ANY(CAST(:u AS uuid[]))"),
-                            {"u": users}).scalars().all()
-    return [task for task in dataset.TASKS if incremental.forget(store, task, jobs)]
 
 
 @dg.job(description="Withdrawn users' data deleted within 24 h (deletion_requests_sensor, or by hand).")

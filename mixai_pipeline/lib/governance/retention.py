@@ -225,6 +225,8 @@ class OrphanReport:
     objects_without_row: list[OrphanObject] = field(default_factory=list)
     rows_without_object: list[MissingObject] = field(default_factory=list)
     in_purge: list[str] = field(default_factory=list)   # in transition: neither kind of orphan
+    # a rejected upload's files have no rows by design (kept, with the reason in jobs, for the user and support)
+    rejected_upload_objects: list[OrphanObject] = field(default_factory=list)
 
     @property
     def consistent(self) -> bool:
@@ -233,10 +235,12 @@ class OrphanReport:
 
 def orphans(conn: Connection, store: ObjectStore, prefixes: Iterable[str], *,
             ignore_names: Iterable[str] = ("manifest.json",)) -> OrphanReport:
-    """Objects under ``prefixes`` with no live row, and live rows under them whose object is missing.
+    """Objects under ``prefixes`` with no live row (a rejected upload's files apart), and live rows under them
+    whose object is missing.
     Lists the store and reads the rows once per prefix (an operator's tool, not a per-tick check)."""
     ignored = set(ignore_names)
     report = OrphanReport()
+    rejected = tuple(conn.execute(text("SELECT upload_prefix FROM jobs WHERE status = 'rejected'")).scalars())
     for prefix in prefixes:
         listed = {info.key: info for info in store.list(prefix)}
         rows = conn.execute(text(
@@ -249,8 +253,9 @@ def orphans(conn: Connection, store: ObjectStore, prefixes: Iterable[str], *,
             if key.rsplit("/", 1)[-1] in ignored:
                 continue
             if row is None or row.deleted:
-                report.objects_without_row.append(
-                    OrphanObject(key, info.size, info.last_modified, "none" if row is None else "deleted"))
+                orphan = OrphanObject(key, info.size, info.last_modified, "none" if row is None else "deleted")
+                (report.rejected_upload_objects if key.startswith(rejected) else report.objects_without_row
+                 ).append(orphan)
         for row in rows:
             if row.deleted:
                 continue

@@ -337,6 +337,18 @@ def forget(store: ObjectStore, task: str, job_ids: Iterable[str]) -> bool:
     return True
 
 
+def forget_users(conn, store: ObjectStore, user_ids: Iterable[str]) -> list[str]:
+    """``forget`` for every task, for all the uploads of these users: the tasks whose state was reset."""
+    from sqlalchemy import text
+
+    users = [str(u) for u in user_ids]
+    if not users:
+        return []
+    jobs = conn.execute(text("SELECT job_id::text FROM jobs WHERE user_id = ANY(CAST(:u AS uuid[]))"),
+                        {"u": users}).scalars().all()
+    return [task for task in dataset.TASKS if forget(store, task, jobs)]
+
+
 # ------------------------------------------------------------------------------------------ batches
 
 @dataclass(frozen=True)
