@@ -12,7 +12,16 @@ from pathlib import Path
 import dagster as dg
 
 from mixai_pipeline import settings
-from mixai_pipeline.resources import Clock, Database, ModelServing, ObjectStoreResource, Tracking
+from mixai_pipeline.resources import (
+    Alerts,
+    Clock,
+    Database,
+    FeatureFlags,
+    ModelServing,
+    ObjectStoreResource,
+    RolloutPolicyResource,
+    Tracking,
+)
 
 
 def object_store_resource() -> ObjectStoreResource:
@@ -36,8 +45,13 @@ def resources() -> dict[str, dg.ConfigurableResource]:
     database = (Database(url=dg.EnvVar(settings.ENV_DATABASE_URL))
                 if os.environ.get(settings.ENV_DATABASE_URL) else Database())
     object_store = object_store_resource()
+    # Unset webhook: alerts are logged only. The A/B salt is a secret like the others.
+    alerts = Alerts.from_env()
+    flags = (FeatureFlags(database=database, salt=dg.EnvVar(settings.ENV_AB_SALT))
+             if os.environ.get(settings.ENV_AB_SALT) else FeatureFlags(database=database))
     return {"database": database, "object_store": object_store, "tracking": Tracking(),
-            "model_serving": ModelServing(database=database, object_store=object_store), "clock": Clock()}
+            "model_serving": ModelServing(database=database, object_store=object_store), "clock": Clock(),
+            "alerts": alerts, "feature_flags": flags, "rollout_policy": RolloutPolicyResource()}
 
 
 @dg.definitions

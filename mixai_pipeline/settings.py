@@ -25,6 +25,8 @@ ENV_S3_ACCESS_KEY = "MIXAI_S3_ACCESS_KEY"
 ENV_S3_SECRET_KEY = "MIXAI_S3_SECRET_KEY"
 ENV_S3_SECURE = "MIXAI_S3_SECURE"
 ENV_MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_ALERT_WEBHOOK_URL = "MIXAI_ALERT_WEBHOOK_URL"  # Slack-compatible incoming webhook; unset: alerts are only logged
+ENV_AB_SALT = "MIXAI_AB_SALT"  # salt of the A/B bucket hash (lib/serving/bucketing.py)
 ENV_SHARED_DATA = "MIXAI_SHARED_DATA"  # the shared datasets (Groove MIDI, JSB chorales); never copied in
 
 BUSINESS_TIMEZONE = "Asia/Tokyo"

@@ -42,3 +42,25 @@ class ModelServing(dg.ConfigurableResource):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class RolloutPolicyResource(dg.ConfigurableResource):
+    """The rollout controller's limits (``lib/serving/rollout.py``'s ``RolloutPolicy``): the SLOs and how much
+    traffic and time a stage needs before the model steps up."""
+
+    min_n: int = Field(default=200, ge=1, description="calls a stage needs before the model may step up")
+    min_stage_minutes: float = Field(default=60.0, ge=0, description="minutes a stage lasts at least")
+    breach_min_n: int = Field(default=20, ge=1, description="calls before latency and error rate are judged")
+    max_latency_ms: float = Field(default=50.0, gt=0, description="SLO: mean latency below this")
+    max_err_rate: float = Field(default=0.01, gt=0, le=1, description="SLO: error rate below this")
+    max_psi: float = Field(default=0.2, gt=0, description="SLO: PSI of every output below this")
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="significance of the outcome-regression test")
+
+    def policy(self):
+        from datetime import timedelta
+
+        from mixai_pipeline.lib.serving.rollout import RolloutPolicy
+
+        return RolloutPolicy(min_n=self.min_n, min_stage=timedelta(minutes=self.min_stage_minutes),
+                             breach_min_n=self.breach_min_n, max_latency_ms=self.max_latency_ms,
+                             max_err_rate=self.max_err_rate, max_psi=self.max_psi, alpha=self.alpha)

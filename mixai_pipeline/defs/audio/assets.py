@@ -81,16 +81,19 @@ def mixes(context: dg.AssetExecutionContext, config: StageConfig, database: Data
     })
 
 
-@dg.asset(partitions_def=daily_upload_partitions, group_name="audio", kinds={"python", "postgres"}, deps=[mixes])
+@dg.asset(partitions_def=daily_upload_partitions, group_name="audio", kinds={"python", "postgres"},
+          deps=[mixes, dg.AssetKey("master_params")])
 def masters(context: dg.AssetExecutionContext, config: StageConfig, database: Database,
             object_store: ObjectStoreResource) -> dg.MaterializeResult:
-    """The HQ master of each mix: loudness normalize (BS.1770) → compressor → limiter → shelf EQ, with
-    the rule-based parameters [low_shelf_db, high_shelf_db, comp_db, target_lufs]; true peak ≤ -1 dBTP."""
+    """The HQ master of each mix: loudness normalize (BS.1770) → compressor → limiter → shelf EQ with the
+    parameters [low_shelf_db, high_shelf_db, comp_db, target_lufs] the served model gave (``master_params``),
+    else the rules' estimate from the audio; true peak ≤ -1 dBTP. The rules' estimate is kept either way."""
     outcome = run_stage(context, "masters", config, database, object_store)
     results, failures = outcome.results, outcome.failures
     reports = [r.data["report"] for r in results]
     return dg.MaterializeResult(metadata={
         "mastered": len(results), "failed": len(failures), "failures": failures_md(failures),
+        "params_source": dg.MetadataValue.json(dict(Counter(r.data["params_source"] for r in results))),
         "lufs_out": dg.MetadataValue.json(summary([rep.get("output_integrated_lufs") for rep in reports])),
         "true_peak_dbtp": dg.MetadataValue.json(summary([rep.get("output_true_peak_dbtp") for rep in reports])),
     })

@@ -110,6 +110,8 @@ PERMISSIONS: dict[str, Permission] = {
     "consent.change": Permission(frozenset({"admin", "ops", "support"}), "change a user's consent"),
     "retention.purge": Permission(frozenset({"admin", "ops"}), "run the retention purge"),
     "user.purge": Permission(frozenset({"admin", "ops"}), "purge a user's data"),
+    "rollout.change": Permission(frozenset({"admin", "ops"}), "change a model's rollout"),
+    "flags.change": Permission(frozenset({"admin", "ops"}), "change a feature flag"),
     "reports.read": Permission(frozenset(ROLES), "read reports and statuses"),
 }
 

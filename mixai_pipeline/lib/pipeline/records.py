@@ -24,20 +24,22 @@ def day_jobs(conn: Connection, day: str, *, needs: str | None = None) -> list[Jo
         """SELECT j.job_id::text AS job_id, j.plan, j.preset, j.bpm,
                   max(v.path) FILTER (WHERE v.kind = 'inst') AS inst_path,
                   max(v.path) FILTER (WHERE v.kind = 'vocal') AS vocal_path,
-                  a.offset_ms
+                  a.offset_ms, mp.answer -> 'params' AS model_master_params, mp.model_version AS master_model
            FROM jobs j
            JOIN vault_items v ON v.job_id = j.job_id AND v.kind IN ('inst', 'vocal')
                             AND v.deleted_at IS NULL AND v.purge_started_at IS NULL
            LEFT JOIN alignments a ON a.job_id = j.job_id
+           LEFT JOIN master_params mp ON mp.job_id = j.job_id AND mp.task = 'master_reg' AND mp.source = 'model'
            WHERE j.partition_date = CAST(:day AS date) AND j.status IN ('registered', 'processing', 'done')
-           GROUP BY j.job_id, j.plan, j.preset, j.bpm, a.offset_ms
+           GROUP BY j.job_id, j.plan, j.preset, j.bpm, a.offset_ms, mp.answer, mp.model_version
            ORDER BY j.job_id"""), {"day": day}).mappings().all()
     done = set()
     if needs:
         done = set(conn.execute(text(f"SELECT job_id::text FROM {_STAGE_TABLES[needs]} t JOIN jobs j USING (job_id) "
                                      "WHERE j.partition_date = CAST(:day AS date)"), {"day": day}).scalars())
     return [JobInput(r["job_id"], r["plan"], r["preset"], r["inst_path"], r["vocal_path"],
-                     {"bpm": r["bpm"], "offset_ms": r["offset_ms"]})
+                     {"bpm": r["bpm"], "offset_ms": r["offset_ms"], "model_master_params": r["model_master_params"],
+                      "master_model": r["master_model"]})
             for r in rows if r["inst_path"] and r["vocal_path"] and (not needs or r["job_id"] in done)]
 
 
@@ -102,12 +104,15 @@ def record_mix(conn: Connection, job_id: str, data: dict, path: str) -> None:
 def record_master(conn: Connection, job_id: str, data: dict, path: str) -> None:
     report = data["report"]
     conn.execute(text(
-        """INSERT INTO masters (job_id, params, params_source, lufs_in, lufs_out, true_peak_dbtp, path, report)
-           VALUES (CAST(:job AS uuid), :params, :source, :lufs_in, :lufs_out, :tp, :path, CAST(:report AS jsonb))
+        """INSERT INTO masters (job_id, params, params_source, rule_params, lufs_in, lufs_out, true_peak_dbtp, path,
+                                report)
+           VALUES (CAST(:job AS uuid), :params, :source, :rule_params, :lufs_in, :lufs_out, :tp, :path,
+                   CAST(:report AS jsonb))
            ON CONFLICT (job_id) DO UPDATE SET params = EXCLUDED.params, params_source = EXCLUDED.params_source,
+               rule_params = EXCLUDED.rule_params,
                lufs_in = EXCLUDED.lufs_in, lufs_out = EXCLUDED.lufs_out, true_peak_dbtp = EXCLUDED.true_peak_dbtp,
                path = EXCLUDED.path, report = EXCLUDED.report, updated_at = now()"""),
-        {"job": job_id, "params": data["params"], "source": data["params_source"],
+        {"job": job_id, "params": data["params"], "source": data["params_source"], "rule_params": data["rule_params"],
          "lufs_in": report.get("input_integrated_lufs"), "lufs_out": report.get("output_integrated_lufs"),
          "tp": report.get("output_true_peak_dbtp"), "path": path, "report": _json(report)})
 
@@ -136,10 +141,11 @@ def record_features(conn: Connection, job_id: str, data: dict, dim_names: tuple[
 
 
 def day_label_inputs(conn: Connection, day: str, feature_version: str) -> list[dict]:
-    """Per job of the day: plan, bpm, alignment, master params and the inst/vocal feature vectors."""
+    """Per job of the day: plan, bpm, alignment, the master chain's rule-based params (the label, whatever
+    was applied) and the inst/vocal feature vectors."""
     return [dict(r) for r in conn.execute(text(
         """SELECT j.job_id::text AS job_id, j.plan, j.bpm, a.offset_ms, a.method, a.confidence, a.tempo_ratio,
-                  m.params AS master_params, fi.vec AS inst_vec, fv.vec AS vocal_vec
+                  coalesce(m.rule_params, m.params) AS master_params, fi.vec AS inst_vec, fv.vec AS vocal_vec
            FROM jobs j
            JOIN alignments a USING (job_id)
            JOIN masters m USING (job_id)

@@ -31,15 +31,17 @@ class Stage:
     needs: str | None = None  # the stage whose row a job must have
 
 
+# In the assets' order: masters comes last, after master_params (lib/serving) decided each job's parameters
+# from the features.
 STAGES: dict[str, Stage] = {
     "aligned_stems": Stage(stages.align_stage, lambda conn, r: records.record_alignment(conn, r.job_id, r.data)),
     "mixes": Stage(stages.mix_stage, lambda conn, r: records.record_mix(conn, r.job_id, r.data, r.objects[0].path),
                    needs="aligned_stems"),
-    "masters": Stage(stages.master_stage,
-                     lambda conn, r: records.record_master(conn, r.job_id, r.data, r.objects[0].path), needs="mixes"),
     "previews": Stage(stages.preview_stage, lambda conn, r: None, needs="mixes"),
     "features_store": Stage(stages.features_stage,
                             lambda conn, r: records.record_features(conn, r.job_id, r.data, DIM_NAMES), needs="mixes"),
+    "masters": Stage(stages.master_stage,
+                     lambda conn, r: records.record_master(conn, r.job_id, r.data, r.objects[0].path), needs="mixes"),
 }
 
 
@@ -170,10 +172,17 @@ def label_day(engine: Engine, day: str) -> dict[str, Counter]:
 
 def run_day(engine: Engine, store, uploads, day, *, max_workers: int, actor: str) -> dict:
     """The whole chain for one day without Dagster, in the assets' order: register the uploads, then
-    every stage, then the labels. Returns per-stage counts (the benchmark's baseline)."""
+    every stage (with the served models' master parameters decided before the masters), then the labels.
+    Returns per-stage counts (the benchmark's baseline)."""
+    from mixai_pipeline.lib.serving.master_params import decide_day
+    from mixai_pipeline.lib.training.serving import ServingClient
+
     report = register_day(store, engine, uploads, day, actor=actor, max_workers=max_workers)
     summary = {"registered": len(report.accepted), "rejected": len(report.rejected)}
     for name in STAGES:
+        if name == "masters":
+            with ServingClient(engine, store) as client:
+                summary["master_params"] = decide_day(engine, client, day.isoformat()).jobs
         outcome = run_stage_for_day(engine, store, day.isoformat(), name, max_workers=max_workers, actor=actor)
         summary[name] = {"ok": len(outcome.results), "failed": len(outcome.failures), "errors": len(outcome.errors)}
     summary["labels"] = label_day(engine, day.isoformat())["jobs"]["labelled"]

@@ -119,18 +119,23 @@ def mix_stage(store: ObjectStore, job: JobInput) -> StageResult:
 
 
 def master_stage(store: ObjectStore, job: JobInput) -> StageResult:
-    from mixai_pipeline.lib.dsp.master import estimate_master_params, input_stats, master
+    """The master of the job's mix with the served model's parameters when ``master_params`` has them, else
+    the rules' estimate from the audio; the rules' estimate is always kept (it is the master_reg label)."""
+    from mixai_pipeline.lib.dsp.master import MasterParams, estimate_master_params, input_stats, master
 
     mixed, sr = load(store, f"derived/{job.job_id}/mix.wav")
     stats = input_stats(mixed, sr)
-    params = estimate_master_params(mixed, sr, job.plan, stats=stats)
+    rule_params = estimate_master_params(mixed, sr, job.plan, stats=stats)
+    model_params = job.extra.get("model_master_params")
+    params = MasterParams(*model_params) if model_params else rule_params
     mastered, report = master(mixed, sr, params, stats=stats)
     with tempfile.TemporaryDirectory(prefix="mixai-master-") as tmp:
         out = write_wav(Path(tmp) / "master.wav", mastered, sr)
         objects = _upload(store, [StoredObject("master", f"derived/{job.job_id}/master.wav", None, out,
                                                mastered.shape[0] / sr, sr, mastered.shape[1], "pcm_s24le")])
-    return StageResult(job.job_id, {"params": params.as_list(), "params_source": "rules", "report": report},
-                       objects)
+    return StageResult(job.job_id, {"params": params.as_list(), "params_source": "model" if model_params else "rules",
+                                    "rule_params": rule_params.as_list(), "model": job.extra.get("master_model"),
+                                    "report": report}, objects)
 
 
 def preview_stage(store: ObjectStore, job: JobInput) -> StageResult:

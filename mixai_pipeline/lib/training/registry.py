@@ -117,7 +117,7 @@ def _exists(client, name: str) -> bool:
 
 def record_model(conn: Connection, store, result: TrainingResult, onnx_bytes: bytes, *, version: str,
                  parity: ParityReport, training_set_digest: str, mlflow_run_id: str | None,
-                 actor: str) -> dict:
+                 actor: str, output_reference: dict | None = None) -> dict:
     """The ONNX file under ``models/<task>/<version>/model.onnx`` and an upserted ``model_registry`` row
     (status ``candidate``: promotion is the rollout's business). Returns the row's id and where things are."""
     signature = model_signature(onnx_bytes)
@@ -126,16 +126,19 @@ def record_model(conn: Connection, store, result: TrainingResult, onnx_bytes: by
     metrics = {**result.metrics_json(), "parity": parity.as_dict()}
     model_id = conn.execute(text(
         """INSERT INTO model_registry (name, version, uri, sha256, framework, input_dim, output_dim, feature_version,
-                                       metrics, training_set_digest, git_commit, mlflow_run_id, created_by)
+                                       metrics, training_set_digest, git_commit, mlflow_run_id, created_by,
+                                       output_reference)
            VALUES (:name, :version, :uri, :sha, :framework, :input_dim, :output_dim, :fv, CAST(:metrics AS jsonb),
-                   :digest, :commit, :run, :actor)
+                   :digest, :commit, :run, :actor, CAST(:reference AS jsonb))
            ON CONFLICT (name, version) DO UPDATE SET uri = EXCLUDED.uri, sha256 = EXCLUDED.sha256,
-               metrics = EXCLUDED.metrics, mlflow_run_id = EXCLUDED.mlflow_run_id, git_commit = EXCLUDED.git_commit
+               metrics = EXCLUDED.metrics, mlflow_run_id = EXCLUDED.mlflow_run_id, git_commit = EXCLUDED.git_commit,
+               output_reference = coalesce(EXCLUDED.output_reference, model_registry.output_reference)
            RETURNING id"""),
         {"name": result.task, "version": version, "uri": store.uri(key), "sha": sha256(onnx_bytes),
          "framework": f"onnx/{result.chosen}", "input_dim": signature.input_dim, "output_dim": signature.output_dim,
          "fv": FEATURE_VERSION if result.task != "align_conf" else None, "metrics": json.dumps(metrics, default=str),
-         "digest": training_set_digest, "commit": git_commit(), "run": mlflow_run_id, "actor": actor}).scalar_one()
+         "digest": training_set_digest, "commit": git_commit(), "run": mlflow_run_id, "actor": actor,
+         "reference": json.dumps(output_reference) if output_reference else None}).scalar_one()
     write_audit(conn, actor=actor, action="model.registered", target_type="model", target_id=str(model_id),
                 details={"name": result.task, "version": version, "mlflow_run_id": mlflow_run_id})
     return {"model_id": model_id, "version": version, "key": key, "sha256": sha256(onnx_bytes)}
@@ -165,6 +168,7 @@ def export_and_register(result: TrainingResult, X_check: np.ndarray, *, store, e
     """The chosen model of ``result`` to ONNX, checked for parity on ``X_check`` (its training rows); when it
     holds, logged to MLflow and recorded (object store + ``model_registry`` + audit) as a candidate named
     ``<version_label>-<sha12>``. A parity failure registers nothing (``Registration.registered`` is False)."""
+    from mixai_pipeline.lib.serving.stats import output_reference
     from mixai_pipeline.lib.training.onnx_export import parity, to_onnx
 
     if result.estimator is None:
@@ -180,7 +184,8 @@ def export_and_register(result: TrainingResult, X_check: np.ndarray, *, store, e
                                         training_set_digest=training_set_digest, tags=tags, experiment=experiment)
     with engine.begin() as conn:
         row = record_model(conn, store, result, onnx_bytes, version=version, parity=report,
-                           training_set_digest=training_set_digest, mlflow_run_id=run_id, actor=actor)
+                           training_set_digest=training_set_digest, mlflow_run_id=run_id, actor=actor,
+                           output_reference=output_reference(result.estimator.predict(X_check), target_names))
     return Registration(parity=report, version=version, model_id=row["model_id"], key=row["key"],
                         sha256=row["sha256"], mlflow_run_id=run_id, mlflow_model_version=registered, card=card)
 
@@ -270,10 +275,24 @@ def check_model_file(task: str, onnx_bytes: bytes) -> dict:
             "opset": signature.opset}
 
 
+def file_output_reference(task: str, onnx_bytes: bytes, X) -> dict:
+    """The output reference (``lib.serving.stats.output_reference``) of an ONNX model run on rows ``X``."""
+    import onnxruntime as ort
+
+    from mixai_pipeline.lib.serving.stats import output_reference
+    from mixai_pipeline.lib.training import dataset
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    output = session.run(None, {session.get_inputs()[0].name: np.asarray(X, dtype=np.float32)})[0]
+    return output_reference(output, dataset.MASTER_PARAMS if task == "master_reg" else None)
+
+
 def register_file(conn: Connection, store, task: str, onnx_bytes: bytes, *, version_label: str, actor: str,
-                  note: str | None = None) -> dict:
+                  note: str | None = None, reference_inputs=None) -> dict:
     """An operator's model file, checked (``check_model_file``), stored and recorded as a ``candidate`` like a
-    trained one (framework ``onnx/operator-upload``; metrics say it was not trained here)."""
+    trained one (framework ``onnx/operator-upload``; metrics say it was not trained here). With
+    ``reference_inputs`` (rows of the task's training data), its outputs on them become the output reference
+    drift is measured against; without, the rollout controller will not promote it (drift unmeasurable)."""
     from mixai_pipeline.lib.features.extract import DIM_NAMES
     from mixai_pipeline.lib.pipeline.records import ensure_feature_layout
 
@@ -286,17 +305,24 @@ def register_file(conn: Connection, store, task: str, onnx_bytes: bytes, *, vers
     store.put_bytes(key, onnx_bytes, "application/octet-stream")
     metrics = {"task": task, "source": "operator upload", "note": note, "evaluation": "none: not trained here",
                "signature": facts}
+    reference = None
+    if reference_inputs is not None:
+        try:
+            reference = file_output_reference(task, onnx_bytes, reference_inputs)
+        except ValueError as exc:  # registered all the same; without a reference it is never promoted
+            metrics["output_reference"] = f"none: {exc}"
     model_id = conn.execute(text(
         """INSERT INTO model_registry (name, version, uri, sha256, framework, input_dim, output_dim, feature_version,
-                                       metrics, git_commit, created_by)
+                                       metrics, git_commit, created_by, output_reference)
            VALUES (:name, :version, :uri, :sha, 'onnx/operator-upload', :input_dim, :output_dim, :fv,
-                   CAST(:metrics AS jsonb), NULL, :actor)
-           ON CONFLICT (name, version) DO UPDATE SET metrics = EXCLUDED.metrics
+                   CAST(:metrics AS jsonb), NULL, :actor, CAST(:reference AS jsonb))
+           ON CONFLICT (name, version) DO UPDATE SET metrics = EXCLUDED.metrics,
+               output_reference = coalesce(EXCLUDED.output_reference, model_registry.output_reference)
            RETURNING id"""),
         {"name": task, "version": version, "uri": store.uri(key), "sha": sha256(onnx_bytes),
          "input_dim": facts["input_dim"], "output_dim": facts["output_dim"],
-         "fv": feature_version, "metrics": json.dumps(metrics, default=str),
-         "actor": actor}).scalar_one()
+         "fv": feature_version, "metrics": json.dumps(metrics, default=str), "actor": actor,
+         "reference": json.dumps(reference) if reference else None}).scalar_one()
     write_audit(conn, actor=actor, action="model.registered", target_type="model", target_id=str(model_id),
                 details={"name": task, "version": version, "source": "operator upload", "note": note})
     return {"model_id": model_id, "version": version, "key": key, "sha256": sha256(onnx_bytes)}

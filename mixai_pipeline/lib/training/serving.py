@@ -46,7 +46,8 @@ Rule-based fallbacks (``RULE_FALLBACKS``), on the validated model input rows, on
 - ``latency_ms`` is the whole call: resolution (a registry query, cached for ``resolve_ttl_s`` = 5 s per task
   or id, so that a promotion reaches a running client within seconds), validation, run or rule;
 - every answered call becomes one ``model_predictions`` row (``PredictionRecord``: model id and version,
-  task, job id, rows, latency, source, fallback code, the model problem as ``error``, the call time). Rows
+  task, job id, rows, latency, source, fallback code, the model problem as ``error``, the call time, and a
+  model's answer per row as ``output``, which output drift is measured on). Rows
   are buffered and written in batches by a background thread (every ``flush_interval_s`` = 5 s, sooner once
   ``flush_every`` = 100 are waiting), by ``flush()`` and by ``close()``. A failed write is logged and
   retried at the next interval; beyond ``max_buffered`` (10 000) waiting rows the oldest are dropped and
@@ -58,6 +59,7 @@ Load at start-up with ``warm()``: the 3 s timeout covers the model run, not load
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -243,13 +245,14 @@ class PredictionRecord:
     fallback_code: str | None
     error: str | None
     created_at: datetime          # when the call was made (rows are written later, in batches)
+    output: str | None = None     # the model's answer per row, as JSON (output drift); None for the rules'
 
 
 _INSERT_PREDICTIONS = text(
     """INSERT INTO model_predictions (task, model_id, model_version, job_id, n_rows, latency_ms, source,
-                                      fallback_code, error, created_at)
+                                      fallback_code, error, created_at, output)
        VALUES (:task, :model_id, :model_version, CAST(:job_id AS uuid), :n_rows, :latency_ms, :source,
-               :fallback_code, :error, :created_at)""")
+               :fallback_code, :error, :created_at, CAST(:output AS jsonb))""")
 
 
 def record_predictions(conn: Connection, records: Sequence[PredictionRecord]) -> int:
@@ -323,7 +326,7 @@ class ServingClient:
             job_id=job, n_rows=int(rows.shape[0]), latency_ms=prediction.latency_ms, source=prediction.source,
             fallback_code=prediction.fallback_code,
             error=prediction.fallback_reason[:MAX_ERROR_CHARS] if prediction.fallback_reason else None,
-            created_at=called_at))
+            created_at=called_at, output=_output_json(prediction) if prediction.source == "model" else None))
         return prediction
 
     def _model_answer(self, model: RegisteredModel, rows: np.ndarray) -> Prediction:
@@ -445,6 +448,13 @@ class ServingClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _output_json(prediction: Prediction) -> str:
+    """The answer per row: a list of numbers (regression) or a label (classification)."""
+    output = np.asarray(prediction.output)
+    rows = output.tolist() if output.dtype.kind in "fiu" else [str(x) for x in output.reshape(-1)]
+    return json.dumps(rows)
 
 
 def _job_uuid(job_id: Any) -> str:
