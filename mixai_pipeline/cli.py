@@ -208,6 +208,70 @@ def _governance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serving(args: argparse.Namespace) -> int:
+    """Flags, rollouts and online metrics: the operator jobs of defs/serving/jobs.py, run in process."""
+    from mixai_pipeline.runtime import run_operator_job
+
+    if args.command == "flags" and args.flags_command == "list":  # read-only: no run needed
+        from sqlalchemy import text
+
+        from mixai_pipeline.resources.database import engine_for
+        from mixai_pipeline.runtime import prepare_environment
+
+        with engine_for(prepare_environment().database_url).connect() as conn:
+            for r in conn.execute(text("SELECT key, enabled, rollout_percent, updated_by, updated_at "
+                                       "FROM feature_flags ORDER BY key")):
+                print(f"{r.key:30} {'on ' if r.enabled else 'off'} {r.rollout_percent:>3} %  "
+                      f"by {r.updated_by} at {r.updated_at:%Y-%m-%d %H:%M}")
+        return 0
+    if args.command == "flags":
+        job, op = "set_feature_flag_job", "set_feature_flag"
+        config = {"key": args.key, "enabled": args.state == "on", "rollout_percent": args.percent,
+                  "actor": args.actor, "reason": args.reason}
+    elif args.command == "metrics":
+        job, op, config = "online_metrics_job", "online_metrics", {"model_id": args.model_id, "window": args.window}
+    elif args.rollout_command == "request-full":
+        return _request_full_rollout(args)
+    else:
+        job, op = "change_rollout_job", "change_rollout"
+        config = {"model_id": args.model_id, "action": args.rollout_command, "percent": getattr(args, "percent", 0),
+                  "approval_id": getattr(args, "approval", None), "actor": args.actor, "reason": args.reason}
+    ok, output = run_operator_job(job, op, config)
+    if not ok:
+        print(f"mixai {args.command}: {output}", file=sys.stderr)
+        return 1
+    if args.command == "metrics":
+        for key in ("task", "version", "status", "rollout_percent", "window", "n", "latency_ms", "latency_p95_ms",
+                    "latency_p99_ms", "err_rate", "fallback_rate", "load_failures", "drift", "outcomes"):
+            print(f"{key:16} {output.get(key)}")
+    elif args.command == "flags":
+        print(f"{output['key']}: {'on' if output['enabled'] else 'off'} for {output['rollout_percent']} % of users")
+    else:
+        print(f"model {output['model_id']} ({output['task']}/{output['version']}): {output['action']} "
+              f"{output['from_percent']} → {output['to_percent']} %"
+              + (f"; model {output['restored_model_id']} active again" if output["restored_model_id"] else ""))
+    return 0
+
+
+def _request_full_rollout(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from mixai_pipeline.lib.governance import access
+    from mixai_pipeline.resources.database import engine_for
+    from mixai_pipeline.runtime import prepare_environment
+
+    try:
+        request = access.request_approval(engine_for(prepare_environment().database_url), "rollout_full",
+                                          {"model_id": args.model_id}, args.reason, actor=args.actor,
+                                          now=datetime.now(timezone.utc))
+    except (access.GovernanceError, ValueError) as exc:
+        print(f"mixai rollout: {exc}", file=sys.stderr)
+        return 2
+    print(f"approval request {request.id}: a second operator runs `mixai approvals approve {request.id}`, then "
+          f"`mixai rollout set {args.model_id} 100 --approval {request.id}` (or `promote`)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mixai", description="Operator commands of the MIXAI data platform.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,6 +370,37 @@ def main(argv: list[str] | None = None) -> int:
         decide.add_argument("request_id", type=int)
         decide.add_argument("--actor", required=True)
         decide.set_defaults(handler=_governance)
+
+    flags = sub.add_parser("flags", help="feature flags").add_subparsers(dest="flags_command", required=True)
+    flags.add_parser("list", help="every flag and its state").set_defaults(handler=_serving)
+    flag_set = flags.add_parser("set", help="turn a flag on (for a share of the users) or off (ops, admin)")
+    flag_set.add_argument("key")
+    flag_set.add_argument("state", choices=["on", "off"])
+    flag_set.add_argument("--percent", type=int, default=100, help="share of users it is on for (default 100)")
+    flag_set.add_argument("--actor", required=True)
+    flag_set.add_argument("--reason", required=True)
+    flag_set.set_defaults(handler=_serving)
+
+    rollout = sub.add_parser("rollout", help="a model's rollout (setRollout)").add_subparsers(
+        dest="rollout_command", required=True)
+    for verb, text_ in (("set", "set a candidate's rollout percentage (100 needs an approved request)"),
+                        ("promote", "make a model active now (needs an approved request)"),
+                        ("rollback", "roll a model back (an active one gives way to the previous)"),
+                        ("request-full", "ask for a rollout_full approval of a model (a second operator approves)")):
+        action = rollout.add_parser(verb, help=text_)
+        action.add_argument("model_id", type=int)
+        if verb == "set":
+            action.add_argument("percent", type=int)
+        if verb in ("set", "promote"):
+            action.add_argument("--approval", type=int, help="the approved rollout_full request id")
+        action.add_argument("--actor", required=True)
+        action.add_argument("--reason", required=True)
+        action.set_defaults(handler=_serving)
+
+    metrics = sub.add_parser("metrics", help="a model's online metrics for a window (getOnlineMetrics)")
+    metrics.add_argument("model_id", type=int)
+    metrics.add_argument("--window", choices=["1h", "1d", "7d", "30d"], default="1d")
+    metrics.set_defaults(handler=_serving)
 
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -54,7 +54,8 @@ class RolloutPolicyResource(dg.ConfigurableResource):
     max_latency_ms: float = Field(default=50.0, gt=0, description="SLO: mean latency below this")
     max_err_rate: float = Field(default=0.01, gt=0, le=1, description="SLO: error rate below this")
     max_psi: float = Field(default=0.2, gt=0, description="SLO: PSI of every output below this")
-    alpha: float = Field(default=0.05, gt=0, lt=1, description="significance of the outcome-regression test")
+    alpha: float = Field(default=0.01, gt=0, lt=1, description="significance of the outcome-regression test "
+                                                                     "(strict: it is looked at every evaluation)")
 
     def policy(self):
         from datetime import timedelta

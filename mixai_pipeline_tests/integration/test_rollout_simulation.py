@@ -159,7 +159,7 @@ def test_latency_breach_rolls_back(loop):
     slow_id = loop.register(slow, "slow")
     loop.evaluate()
     assert loop.model(slow_id)["rollout_percent"] == 5
-    loop.traffic(_jobs_for(5) // 2)
+    loop.traffic(_jobs_for(5) // 4)             # ~40 calls of the slow model: more than breach_min_n
     loop.evaluate()
     assert loop.model(slow_id) == {"status": "rolled_back", "rollout_percent": 0}
     assert loop.model(healthy_id) == {"status": "active", "rollout_percent": 100}   # the active one stays

@@ -15,7 +15,10 @@ controller (``evaluate`` then ``apply``, run by a Dagster sensor) walks one mode
 
 SLOs (``RolloutPolicy``, every limit configurable): mean latency < 50 ms, error rate < 1 %, output PSI
 < 0.2 on every output, and no significant outcome regression against the control (``stats.two_proportion_test``
-on the re-process rate, one-sided, ``alpha``). A model that fails to load is a breach at the first such call.
+on the re-process rate, one-sided, ``alpha`` = 0.01). Every evaluation is another look at accumulating data,
+and repeated looks inflate the false-alarm rate of a fixed-level test; hence the strict default (a false alarm
+costs a retried rollout, a missed regression costs users). A model that fails to load is a breach at the
+first such call.
 Latency and error rate are judged from ``breach_min_n`` calls on (a broken model is stopped early), drift only
 on ``min_n`` calls (PSI is noise on fewer), the outcome test whenever it has enough events to give a p-value.
 Promotion needs everything: ``min_n`` calls, ``min_stage`` of time and an output reference to measure drift
@@ -54,7 +57,7 @@ class RolloutPolicy:
     max_latency_ms: float = 50.0
     max_err_rate: float = 0.01
     max_psi: float = 0.2
-    alpha: float = 0.05
+    alpha: float = 0.01
     active_window: timedelta = timedelta(hours=1)   # an active model is judged on its calls of the last hour
 
     def __post_init__(self):
