@@ -24,10 +24,14 @@ from mixai_pipeline import settings
 SENSOR_NAME = "new_uploads_sensor"
 DEMO_COHORT_UPLOADS = 400     # synthetic uploads added for training: 8 real ones cannot fill grouped 5-fold CV
 DEMO_COHORT_SEED = 20251121
+# Many users with a few songs each: the models' output references (what drift is measured against in the serving
+# demo) are taken on these rows, and 400 rows of a few dozen users' near-duplicates are too lumpy a reference.
+DEMO_COHORT_SHAPE = {"songs_per_user": (1, 3), "uploads_per_song": (1, 1)}
 DEMO_MIN_SAMPLES = 100        # the seed's minimum is 1,000; the demo lowers it and says so
 # The cohort's jobs carry a day before the first upload partition: no day's assets or checks ever see them.
 DEMO_COHORT_DAY = date(2024, 12, 31)
 REAL_JOBS_SQL = "upload_prefix NOT LIKE 'synthetic/%'"
+DEMO_ROLLOUT_MIN_N = 120      # calls per rollout stage (the default is 200, and an hour per stage)
 MIDI_SENSOR_NAME = "new_midi_packs_sensor"
 DEMO_PACK = "groove-midi"
 
@@ -219,34 +223,50 @@ def print_midi_summary(store, engine, pack_id: str = DEMO_PACK, log=print) -> No
             log(f"        ~ {near.other_id}  sim {near.similarity:.2f}  {other['genre']}/{other['sub_genre']}")
 
 
+def _real_vectors(engine) -> dict:
+    import numpy as np
+
+    with engine.connect() as conn:
+        return {clip: np.asarray([list(v) for v in conn.execute(text(
+            f"""SELECT f.vec FROM features_store f JOIN jobs j USING (job_id)
+                WHERE f.clip_kind = :c AND f.feature_version = 'v1' AND j.{REAL_JOBS_SQL}
+                      AND j.upload_prefix NOT LIKE 'simulated/%'"""), {"c": clip}).scalars()])
+            for clip in ("inst", "vocal")}
+
+
+def real_distributions(engine) -> dict | None:
+    """The real demo uploads' inst/vocal feature distributions (None with fewer than 3 uploads): what the
+    synthetic training cohort and the simulated serving traffic are drawn from."""
+    from mixai_pipeline.lib.training import synthetic
+
+    real = _real_vectors(engine)
+    if not all(len(v) >= 3 for v in real.values()):
+        return None
+    return {clip: synthetic.fit_distribution(v) for clip, v in real.items()}
+
+
 def train_demo_models(engine, log=print) -> bool:
     """Train all three tasks now (``train_now_job``, as ``mixai train`` does) on the demo's real uploads plus
     a synthetic cohort whose features are drawn from the real uploads' feature distribution; print each
     task's CV metrics beside the baselines, and the registered versions with their MLflow runs."""
     from datetime import datetime, timedelta, timezone
 
-    import numpy as np
-
     from mixai_pipeline.lib.training import synthetic
     from mixai_pipeline.resources.database import write_audit
     from mixai_pipeline.runtime import run_operator_job
 
     with engine.connect() as conn:
-        real = {clip: np.asarray([list(v) for v in conn.execute(text(
-            f"""SELECT f.vec FROM features_store f JOIN jobs j USING (job_id)
-                WHERE f.clip_kind = :c AND f.feature_version = 'v1' AND j.{REAL_JOBS_SQL}"""), {"c": clip}).scalars()])
-            for clip in ("inst", "vocal")}
         real_rows = conn.execute(text(f"SELECT count(*) FROM labels JOIN jobs j USING (job_id) WHERE j.{REAL_JOBS_SQL}"
                                       )).scalar()
         existing = conn.execute(text(f"SELECT count(*) FROM jobs WHERE NOT ({REAL_JOBS_SQL})")).scalar()
     if existing:  # an earlier demo run wrote it (from the real uploads of then): kept as it is
         log(f"  real uploads: {real_rows} labels; the synthetic cohort of an earlier demo run: {existing} uploads")
     else:
-        fitted = all(len(v) >= 3 for v in real.values())
-        dists = {clip: synthetic.fit_distribution(v) for clip, v in real.items()} if fitted else None
+        dists = real_distributions(engine)
+        fitted = dists is not None
         with engine.begin() as conn:
             cohort = synthetic.insert_synthetic_cohort(
-                conn, DEMO_COHORT_UPLOADS, seed=DEMO_COHORT_SEED, distributions=dists,
+                conn, DEMO_COHORT_UPLOADS, seed=DEMO_COHORT_SEED, distributions=dists, **DEMO_COHORT_SHAPE,
                 received_at=datetime.now(timezone.utc) - timedelta(minutes=5), partition_date=DEMO_COHORT_DAY)
             write_audit(conn, actor="demo", action="demo.synthetic_cohort", target_type="jobs",
                         target_id=cohort["cohort"], details=cohort)
@@ -270,6 +290,131 @@ def train_demo_models(engine, log=print) -> bool:
     log(f"  MLflow: {os.environ.get(settings.ENV_MLFLOW_TRACKING_URI)} (experiment mixai-weekly-training); "
         "`mixai models list` shows the registry")
     return True
+
+
+def serving_demo(engine, store, database_url: str, log=print) -> bool:
+    """The serving loop on simulated traffic (``lib/serving/simulator.py``): an operator turns the model flags
+    on; the week's trained master_reg model walks 5 → 25 → 100 % → active under the rollout controller; a
+    deliberately broken model (it answers NaN) is rolled back within one evaluation; model_metrics is
+    materialized; the alerts a local Slack-compatible receiver got are printed."""
+    from mixai_pipeline.lib.demo.webhook import LocalWebhookReceiver
+
+    with LocalWebhookReceiver() as receiver:
+        os.environ[settings.ENV_ALERT_WEBHOOK_URL] = receiver.url  # the operator jobs' Alerts resource posts here
+        try:
+            ok = _serving_demo(engine, store, database_url, receiver.url, log)
+        finally:
+            os.environ.pop(settings.ENV_ALERT_WEBHOOK_URL, None)
+        receiver.wait_for(1, timeout_s=5)
+        log(f"  alerts received by the local Slack-compatible webhook ({len(receiver.received)}):")
+        for body in receiver.received:
+            log(f"    {body.get('channel', '')}  {body['text']}")
+    return ok
+
+
+def _serving_demo(engine, store, database_url: str, webhook_url: str, log) -> bool:
+    import time as time_
+    from datetime import datetime, timezone
+
+    from mixai_pipeline.defs.serving.sensors import evaluate_and_apply
+    from mixai_pipeline.lib.governance import access
+    from mixai_pipeline.lib.serving import rollout, simulator
+    from mixai_pipeline.lib.training.registry import model_object_key
+    from mixai_pipeline.lib.training.serving import ServingClient
+    from mixai_pipeline.resources import Alerts, Clock, Database, RolloutPolicyResource
+    from mixai_pipeline.runtime import run_operator_job
+
+    now = datetime.now(timezone.utc)
+    with engine.connect() as conn:
+        has_operators = conn.execute(text("SELECT EXISTS (SELECT 1 FROM operators)")).scalar()
+    if not has_operators:
+        access.add_operator(engine, "demo-admin", "admin", by="demo", now=now)
+    access.add_operator(engine, "demo-ops", "ops", by="demo-admin", now=now)
+    for key in ("enable_cpu_ml", "enable_master_regression", "enable_preset_recommendation"):
+        done, output = run_operator_job("set_feature_flag_job", "set_feature_flag", {
+            "key": key, "enabled": True, "rollout_percent": 100, "actor": "demo-ops", "reason": "make demo"})
+        if not done:
+            log(f"  set_feature_flag_job failed: {output}")
+            return False
+    log("  demo-ops turned on enable_cpu_ml, enable_master_regression, enable_preset_recommendation (100 %; "
+        "audited); `mixai flags list` shows them")
+
+    resources = {"database": Database(url=database_url), "alerts": Alerts(webhook_url=webhook_url), "clock": Clock(),
+                 "rollout_policy": RolloutPolicyResource(min_n=DEMO_ROLLOUT_MIN_N, min_stage_minutes=0.0)}
+    log(f"  rollout controller policy for the demo: {DEMO_ROLLOUT_MIN_N} calls and no minimum time per stage "
+        "(defaults: 200 calls and 1 h); SLOs as in production (mean < 50 ms, errors < 1 %, PSI < 0.2, "
+        "outcome test at α 0.01)")
+    distributions = real_distributions(engine)
+    seed = int(time_.time())
+    client = ServingClient(engine, store, resolve_ttl_s=0.0)
+
+    def evaluate() -> list:
+        decisions = evaluate_and_apply(**resources)
+        for d in decisions:
+            if d.task == "master_reg" or d.changes:
+                log(f"    controller: {d.task}/{d.version}: {d.action} {d.from_percent} → {d.to_percent} %  "
+                    f"({d.reason})")
+        return decisions
+
+    def traffic(n: int, label: str) -> None:
+        nonlocal seed
+        seed += 1
+        jobs = simulator.simulated_jobs(n, seed=seed, distributions=distributions)
+        summary = simulator.replay(engine, client, jobs, seed=seed, received_at=datetime.now(timezone.utc))
+        served = ", ".join(f"{k} {v}" for k, v in sorted(summary.variants.items()) if k.startswith("master_reg"))
+        log(f"    traffic: {n} simulated uploads {label} in {summary.seconds:.1f} s ({served})")
+
+    try:
+        log("  -- the week's trained master_reg model on simulated traffic --")
+        evaluate()
+        for _ in range(6):
+            with engine.connect() as conn:
+                candidate = rollout.model_in_rollout(conn, "master_reg")
+            if candidate is None:
+                break
+            percent = candidate["rollout_percent"]
+            traffic(int(DEMO_ROLLOUT_MIN_N * 100 / percent * 1.3), f"at {percent} %")
+            evaluate()
+        with engine.connect() as conn:
+            active = rollout.active_model(conn, "master_reg")
+        if active is None:
+            log("  no master_reg model became active (see the controller's reasons above)")
+            return False
+        log(f"  active master_reg model: {active['version']} (id {active['id']})")
+
+        log("  -- a deliberately broken model: the active one, altered to answer NaN --")
+        broken = simulator.nan_master_model(store.get_bytes(model_object_key("master_reg", active["version"])))
+        registered = simulator.register(engine, store, broken, label="broken-nan", reference_inputs=None,
+                                        actor="demo")
+        log(f"    registered {registered['version']} (id {registered['model_id']}) as a candidate")
+        evaluate()
+        traffic(int(DEMO_ROLLOUT_MIN_N * 100 / 5 * 0.5), "at 5 %")
+        decisions = evaluate()
+        rolled_back = any(d.model_id == registered["model_id"] and d.action == "rollback" for d in decisions)
+        with engine.connect() as conn:
+            serving = rollout.active_model(conn, "master_reg")
+        log(f"    {'rolled back within one evaluation' if rolled_back else 'NOT rolled back'}; "
+            f"master_reg served by {serving['version'] if serving else 'the rules'}")
+    finally:
+        client.close()
+        resources["alerts"].get_sender().flush(timeout_s=10)
+
+    done, _ = run_operator_job("model_metrics_job", None)
+    if done:
+        with engine.connect() as conn:
+            rows = conn.execute(text(
+                """SELECT r.name, r.version, r.status, mm.n, mm.latency_ms, mm.latency_p95_ms, mm.err_rate,
+                          mm.fallback_rate, mm.drift
+                   FROM model_metrics mm JOIN model_registry r ON r.id = mm.model_id
+                   WHERE mm."window" = '1h' AND mm.window_end = (SELECT max(window_end) FROM model_metrics)
+                   ORDER BY r.name, r.id""")).all()
+        log("  model_metrics (1 h window; the Dagster UI plots the asset's metadata over materializations):")
+        for r in rows:
+            psi = max(r.drift.values()) if r.drift else None
+            log(f"    {r.name}/{r.version:28} {r.status:11} n {r.n:>5}  mean {r.latency_ms or 0:6.2f} ms  "
+                f"p95 {r.latency_p95_ms or 0:6.2f} ms  errors {r.err_rate or 0:6.1%}  "
+                f"fallbacks {r.fallback_rate or 0:6.1%}  max PSI {'' if psi is None else f'{psi:.3f}'}")
+    return bool(rolled_back) and done
 
 
 def governance_demo(engine, store, log=print) -> bool:
@@ -385,9 +530,12 @@ def run_demo(timeout_s: float = 900.0, count: int | None = None, midi: bool = Tr
     log("== Training: all three tasks now (train_now_job), registered as candidates ==")
     trained = train_demo_models(engine, log)
     log("")
+    log("== Serving: flags, 5 → 25 → 100 % rollout, a rollback, model_metrics, alerts ==")
+    served = serving_demo(engine, store, env.database_url, log) if trained else False
+    log("")
     log("== Governance: a withdrawal and a retention purge ==")
     governed = governance_demo(engine, store, log)
     if failed:
         log(f"{len(failed)} run(s) failed: see `make dev` or {daemon_log}")
         return 1
-    return 0 if trained and governed else 1
+    return 0 if trained and served and governed else 1

@@ -10,7 +10,7 @@ from mixai_pipeline.resources import Alerts, Clock, Database, RolloutPolicyResou
 ENV_ROLLOUT_INTERVAL_S = "MIXAI_ROLLOUT_INTERVAL_S"
 
 
-def evaluate_and_apply(database: Database, policy: RolloutPolicyResource, alerts: Alerts, clock: Clock,
+def evaluate_and_apply(database: Database, rollout_policy: RolloutPolicyResource, alerts: Alerts, clock: Clock,
                        log=None) -> list:
     """One evaluation: decisions from the metrics, each change applied in its own transaction, alerts sent
     after it committed. Returns the decisions (holds included)."""
@@ -18,7 +18,7 @@ def evaluate_and_apply(database: Database, policy: RolloutPolicyResource, alerts
 
     engine, now = database.get_engine(), clock.now()
     with engine.connect() as conn:
-        decisions = rollout.evaluate(conn, policy.policy(), now)
+        decisions = rollout.evaluate(conn, rollout_policy.policy(), now)
     done = []
     for decision in decisions:
         if decision.changes:

@@ -37,16 +37,18 @@ SIMULATED_SOURCE = "simulated"
 SIMULATED_DAY = date(2024, 12, 30)   # no real day partition: the audio assets never see these jobs
 
 
-def _uploads(n: int, seed: int) -> list[synthetic.SyntheticUpload]:
+def _uploads(n: int, seed: int, distributions=None) -> list[synthetic.SyntheticUpload]:
     # Many users with a song or two each: the rollout splits users, and clustered near-duplicate uploads would
     # make a 5 % sample of calls (or a reference) far less varied than the population it stands for.
     return synthetic.synthetic_uploads(n, tasks=("master_reg",), seed=seed, songs_per_user=(1, 2),
-                                       uploads_per_song=(1, 1))
+                                       uploads_per_song=(1, 1), distributions=distributions)
 
 
-def simulated_jobs(n: int, *, seed: int, drift: float = 0.0) -> list[dict]:
-    """``n`` simulated uploads (module docstring); the same seed gives the same users and features."""
-    uploads = _uploads(n, seed)
+def simulated_jobs(n: int, *, seed: int, drift: float = 0.0, distributions=None) -> list[dict]:
+    """``n`` simulated uploads (module docstring); the same seed gives the same users and features.
+    ``distributions``: the inst/vocal feature distributions (``synthetic.fit_distribution``) to draw from,
+    e.g. those a model's training rows came from; default the generator's own."""
+    uploads = _uploads(n, seed, distributions)
     spread = synthetic.default_distribution("inst").std.astype(np.float32)
     jobs = []
     for u in uploads:
