@@ -30,7 +30,8 @@ DEMO_COHORT_SHAPE = {"songs_per_user": (1, 3), "uploads_per_song": (1, 1)}
 DEMO_MIN_SAMPLES = 100        # the seed's minimum is 1,000; the demo lowers it and says so
 # The cohort's jobs carry a day before the first upload partition: no day's assets or checks ever see them.
 DEMO_COHORT_DAY = date(2024, 12, 31)
-REAL_JOBS_SQL = "upload_prefix NOT LIKE 'synthetic/%'"
+# not the synthetic training cohort, not the serving loop's simulated uploads
+REAL_JOBS_SQL = "upload_prefix NOT LIKE ALL (ARRAY['synthetic/%', 'simulated/%'])"
 DEMO_ROLLOUT_MIN_N = 120      # calls per rollout stage (the default is 200, and an hour per stage)
 MIDI_SENSOR_NAME = "new_midi_packs_sensor"
 DEMO_PACK = "groove-midi"
@@ -229,8 +230,7 @@ def _real_vectors(engine) -> dict:
     with engine.connect() as conn:
         return {clip: np.asarray([list(v) for v in conn.execute(text(
             f"""SELECT f.vec FROM features_store f JOIN jobs j USING (job_id)
-                WHERE f.clip_kind = :c AND f.feature_version = 'v1' AND j.{REAL_JOBS_SQL}
-                      AND j.upload_prefix NOT LIKE 'simulated/%'"""), {"c": clip}).scalars()])
+                WHERE f.clip_kind = :c AND f.feature_version = 'v1' AND j.{REAL_JOBS_SQL}"""), {"c": clip}).scalars()])
             for clip in ("inst", "vocal")}
 
 
@@ -258,7 +258,7 @@ def train_demo_models(engine, log=print) -> bool:
     with engine.connect() as conn:
         real_rows = conn.execute(text(f"SELECT count(*) FROM labels JOIN jobs j USING (job_id) WHERE j.{REAL_JOBS_SQL}"
                                       )).scalar()
-        existing = conn.execute(text(f"SELECT count(*) FROM jobs WHERE NOT ({REAL_JOBS_SQL})")).scalar()
+        existing = conn.execute(text("SELECT count(*) FROM jobs WHERE upload_prefix LIKE 'synthetic/%'")).scalar()
     if existing:  # an earlier demo run wrote it (from the real uploads of then): kept as it is
         log(f"  real uploads: {real_rows} labels; the synthetic cohort of an earlier demo run: {existing} uploads")
     else:
@@ -384,7 +384,7 @@ def _serving_demo(engine, store, database_url: str, webhook_url: str, log) -> bo
 
         log("  -- a deliberately broken model: the active one, altered to answer NaN --")
         broken = simulator.nan_master_model(store.get_bytes(model_object_key("master_reg", active["version"])))
-        registered = simulator.register(engine, store, broken, label="broken-nan", reference_inputs=None,
+        registered = simulator.register(engine, store, broken, label=f"broken-nan-{seed}", reference_inputs=None,
                                         actor="demo")
         log(f"    registered {registered['version']} (id {registered['model_id']}) as a candidate")
         evaluate()

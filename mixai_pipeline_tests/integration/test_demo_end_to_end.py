@@ -19,8 +19,11 @@ from mixai_pipeline.resources.embedded_postgres import (
 
 pytestmark = pytest.mark.slow
 WITH_MIDI = (settings.groove_midi_dir() / "info.csv").exists()  # the demo leaves the MIDI part out, saying so
-REAL = "upload_prefix NOT LIKE 'synthetic/%'"  # the demo adds a synthetic cohort for training
-NOT_TRAINING = "action NOT IN ('operator.train_now', 'model.registered', 'demo.synthetic_cohort')"
+# the demo adds a synthetic cohort for training and simulated uploads for the serving loop
+REAL = "upload_prefix NOT LIKE ALL (ARRAY['synthetic/%', 'simulated/%'])"
+# what every demo run does again on purpose: train now, turn the flags on, roll the new models out
+NOT_TRAINING = ("action NOT IN ('operator.train_now', 'model.registered', 'demo.synthetic_cohort', "
+                "'feature_flag.set', 'model.rollout', 'model.activated', 'model.rolled_back')")
 
 
 def run_demo(home: Path) -> subprocess.CompletedProcess:
@@ -66,7 +69,8 @@ def test_demo_runs_through_the_daemon_and_is_idempotent(tmp_path):
                                          f"WHERE {REAL}")).scalar_one()
             features = conn.execute(text(f"SELECT count(*) FROM features_store JOIN jobs USING (job_id) "
                                          f"WHERE {REAL}")).scalar_one()
-            models = conn.execute(text("SELECT name, status, mlflow_run_id FROM model_registry")).all()
+            models = conn.execute(text("SELECT name, status, mlflow_run_id, framework FROM model_registry")).all()
+            served = conn.execute(text("SELECT source, count(*) FROM master_params GROUP BY source")).all()
         # the whole audio pipeline ran for the three uploads; the withdrawn user's rows are gone since
         assert len(masters) == 2 and labelled == 2 and features == 6
         assert [r.status for r in requests] == ["completed"] and requests[0].duration_s < 24 * 3600
@@ -75,8 +79,17 @@ def test_demo_runs_through_the_daemon_and_is_idempotent(tmp_path):
         assert "== Audio pipeline, per job ==" in first.stdout
         # training: the three tasks on the real uploads + the synthetic cohort, registered with their MLflow runs
         assert "== Training: all three tasks now (train_now_job)" in first.stdout
-        assert sorted(m.name for m in models) == ["align_conf", "master_reg", "preset_cls"]
-        assert all(m.status == "candidate" and m.mlflow_run_id in first.stdout for m in models)
+        trained = [m for m in models if m.framework != "onnx/operator-upload"]
+        assert sorted(m.name for m in trained) == ["align_conf", "master_reg", "preset_cls"]
+        assert all(m.mlflow_run_id in first.stdout for m in trained)
+        # serving: the trained master_reg model walked 5 → 25 → 100 % to active on simulated traffic; the broken
+        # one (answers NaN) was rolled back within one evaluation; the alerts reached the local webhook
+        assert [m.status for m in trained if m.name == "master_reg"] == ["active"]
+        assert [m.status for m in models if m.framework == "onnx/operator-upload"] == ["rolled_back"]
+        assert "rollout 5 → 25 %" in first.stdout and "rollout 25 → 100 %" in first.stdout
+        assert "rolled back within one evaluation" in first.stdout
+        assert "alerts received by the local Slack-compatible webhook" in first.stdout
+        assert dict(served)["model"] > 0 and "model_metrics (1 h window" in first.stdout
 
         dagster = engine_for(with_database(start_embedded_postgres(home / "pg"), "dagster", "psycopg"))
         with dagster.connect() as conn:
