@@ -1,5 +1,5 @@
 """Run the benchmarks and print one JSON document: ``python -m mixai_pipeline_tests.benchmarks [name ...]``
-(names: ingestion, features, pipeline, midi, inference, training, governance; default all)."""
+(names: ingestion, features, pipeline, midi, inference, training, governance, serving; default all)."""
 
 import json
 import sys
@@ -11,6 +11,7 @@ from mixai_pipeline_tests.benchmarks import (
     bench_ingestion,
     bench_midi,
     bench_pipeline,
+    bench_serving,
     bench_training,
 )
 
@@ -22,6 +23,7 @@ BENCHMARKS = {
     "inference": bench_inference.run,
     "training": bench_training.run,
     "governance": bench_governance.run,
+    "serving": bench_serving.run,
 }
 
 

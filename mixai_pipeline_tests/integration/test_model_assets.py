@@ -7,9 +7,10 @@ import pytest
 from sqlalchemy import text
 
 from mixai_pipeline.defs.training.assets import PARITY_CHECK, align_conf_model, master_reg_model, preset_cls_model
+from mixai_pipeline.lib.demo.webhook import LocalWebhookReceiver
 from mixai_pipeline.lib.features.extract import DIM_NAMES
 from mixai_pipeline.lib.training import dataset, onnx_export, synthetic
-from mixai_pipeline.resources import Database, ObjectStoreResource, Tracking
+from mixai_pipeline.resources import Alerts, Database, ObjectStoreResource, Tracking
 
 pytestmark = pytest.mark.slow
 WEEK = "2025-09-07"
@@ -28,12 +29,12 @@ def week_set(engine, local_store, tmp_path):
     return digest
 
 
-def train(db_url, store, tmp_path, min_samples: int, assets=MODELS):
+def train(db_url, store, tmp_path, min_samples: int, assets=MODELS, alerts: Alerts | None = None):
     tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                         artifact_root=(tmp_path / "mlartifacts").as_uri())
     config = {"ops": {a.op.name: {"config": {"min_samples": min_samples}} for a in assets}}
     result = dg.materialize(assets, partition_key=WEEK, raise_on_error=False, run_config=config, resources={
-        "database": Database(url=db_url), "tracking": tracking,
+        "database": Database(url=db_url), "tracking": tracking, "alerts": alerts or Alerts(),
         "object_store": ObjectStoreResource(backend="local", root=str(store.root))})
     return result, tracking
 
@@ -43,8 +44,14 @@ def meta(result, name):
 
 
 def test_models_are_trained_registered_and_tracked(engine, db_url, local_store, tmp_path, week_set):
-    result, tracking = train(db_url, local_store, tmp_path, min_samples=50)
+    with LocalWebhookReceiver() as receiver:
+        result, tracking = train(db_url, local_store, tmp_path, min_samples=50,
+                                 alerts=Alerts(webhook_url=receiver.url))
+        assert receiver.wait_for(3, timeout_s=30)
     assert result.success
+    # one training_succeeded alert per registered model, naming the task and the version
+    titles = sorted(body["text"] for body in receiver.received)
+    assert len(titles) == 3 and all("trained and registered" in t for t in titles)
     assert all(check.passed for check in result.get_asset_check_evaluations())
     with engine.connect() as conn:
         rows = {r.name: r for r in conn.execute(text("SELECT * FROM model_registry"))}

@@ -19,7 +19,7 @@ from mixai_pipeline.defs.training.jobs import (
 from mixai_pipeline.defs.training.sensors import incremental_training_sensor
 from mixai_pipeline.lib.features.extract import DIM_NAMES
 from mixai_pipeline.lib.training import dataset, incremental, models, onnx_export, runs, synthetic
-from mixai_pipeline.resources import Database, ObjectStoreResource, Tracking
+from mixai_pipeline.resources import Alerts, Database, ObjectStoreResource, Tracking
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,8 @@ def resources(db_url, local_store, tmp_path):
     return {"database": Database(url=db_url),
             "object_store": ObjectStoreResource(backend="local", root=str(local_store.root)),
             "tracking": Tracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                                 artifact_root=(tmp_path / "mlartifacts").as_uri())}
+                                 artifact_root=(tmp_path / "mlartifacts").as_uri()),
+            "alerts": Alerts()}
 
 
 def run(job, op: str, config: dict, resources):

@@ -5,7 +5,7 @@ import dagster as dg
 from pydantic import Field
 
 from mixai_pipeline.defs.training.partitions import weekly_training_partitions
-from mixai_pipeline.resources import Database, ObjectStoreResource, Tracking
+from mixai_pipeline.resources import Alerts, Database, ObjectStoreResource, Tracking
 
 CONSENT_CHECK = "no_consent_violations"
 
@@ -101,7 +101,7 @@ def _model_asset(task: str, description: str):
                                                    "(regression), identical labels (classification)")],
     )
     def model_asset(context: dg.AssetExecutionContext, config: ModelConfig, database: Database,
-                    object_store: ObjectStoreResource, tracking: Tracking):
+                    object_store: ObjectStoreResource, tracking: Tracking, alerts: Alerts):
         from mixai_pipeline.lib.training import dataset, runs
 
         store = object_store.get_store()
@@ -113,6 +113,7 @@ def _model_asset(task: str, description: str):
             n_jobs=config.n_jobs, dagster_run_id=context.run.run_id,
             tags={"dagster_run_id": context.run.run_id, "dagster_asset_key": f"{task}_model",
                   "dagster_partition": context.partition_key})
+        alerts.send(outcome.alert())
         if outcome.status == "skipped":  # too few rows, or no candidate beat the baselines: say so
             context.log.warning(f"{task}: not trained: {outcome.reason}")
         yield parity_check_result(outcome)

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from mixai_pipeline.defs.training.assets import CONSENT_CHECK
 from mixai_pipeline.lib.training.dataset import TASKS
-from mixai_pipeline.resources import Database, ObjectStoreResource, Tracking
+from mixai_pipeline.resources import Alerts, Database, ObjectStoreResource, Tracking
 
 
 def _known_tasks(tasks: list[str]) -> list[str]:
@@ -37,7 +37,7 @@ class TrainNowConfig(dg.Config):
 
 @dg.op(description="Train the chosen tasks now on the consented training set as of now; register what passes.")
 def train_now(context: dg.OpExecutionContext, config: TrainNowConfig, database: Database,
-              object_store: ObjectStoreResource, tracking: Tracking) -> dg.Output[list[dict]]:
+              object_store: ObjectStoreResource, tracking: Tracking, alerts: Alerts) -> dg.Output[list[dict]]:
     from mixai_pipeline.lib.training import dataset, runs
     from mixai_pipeline.resources.database import write_audit
 
@@ -63,6 +63,8 @@ def train_now(context: dg.OpExecutionContext, config: TrainNowConfig, database: 
         training_set_digest=digest, actor=config.actor, min_samples=config.min_samples,
         parity_tolerance=config.parity_tolerance, n_jobs=config.n_jobs, dagster_run_id=context.run_id,
         tags={"dagster_run_id": context.run_id, "dagster_job": "train_now_job", "operator": config.actor})
+    for outcome in outcomes:
+        alerts.send(outcome.alert())
     summaries = [o.summary() for o in outcomes]
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:

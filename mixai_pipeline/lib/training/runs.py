@@ -30,6 +30,24 @@ class TaskOutcome:
     def registered(self) -> bool:
         return self.registration is not None and self.registration.registered
 
+    def alert(self):
+        """The alert this attempt sends: a registered model (``training_succeeded``), a failure
+        (``training_failed``, critical); a skip says why (too few rows, nothing beat the baselines)."""
+        from mixai_pipeline.lib.serving.alerts import Alert
+
+        s = self.summary()
+        fields = {"task": self.task, "rows": str(s["rows"]), "metric": f"{s['metric']} {s.get('cv', '—')}",
+                  "baselines": ", ".join(f"{n} {v}" for n, v in s["baselines"].items()) or "—"}
+        if self.registered:
+            fields.update(version=s["version"], **{"mlflow run": s["mlflow_run_id"]})
+            return Alert(kind="training_succeeded", title=f"{self.task}: {s['version']} trained and registered",
+                         text="a candidate: the rollout controller starts it at 5 %", fields=fields)
+        if self.status == "failed":
+            return Alert(kind="training_failed", title=f"{self.task}: training failed", text=self.reason or "",
+                         fields=fields, severity="critical")
+        return Alert(kind="training_failed", title=f"{self.task}: not trained", text=self.reason or "",
+                     fields=fields, severity="warning")
+
     def summary(self) -> dict:
         """The headline numbers (asset metadata, CLI and demo tables)."""
         r, reg = self.result, self.registration
