@@ -25,6 +25,9 @@ ALTER TABLE ab_test_assignments
     ADD CONSTRAINT ab_test_assignments_variant CHECK (variant IN ('treatment', 'control')),
     ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now();
 CREATE INDEX ab_test_metrics_recorded_idx ON ab_test_metrics (experiment, recorded_at);
+-- One outcome per job, experiment and metric: an app that reports twice (a retry) must not count twice.
+CREATE UNIQUE INDEX ab_test_metrics_one_per_job ON ab_test_metrics (experiment, job_id, metric)
+    WHERE job_id IS NOT NULL;
 
 -- The master chain's own (rule-based) estimate, kept beside what was applied: the master_reg pseudo-label
 -- must stay the rule's answer, or a served model would be trained on its own output.

@@ -160,8 +160,9 @@ def test_a_bad_model_file_is_refused_and_nothing_is_registered(engine, resources
 
 def test_every_100_new_rows_the_sensor_asks_for_an_incremental_update(engine, resources, local_store):
     def tick():
-        with dg.instance_for_test() as instance:
-            return incremental_training_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        with dg.instance_for_test() as instance, dg.build_sensor_context(instance=instance,
+                                                                         resources=resources) as context:
+            return incremental_training_sensor(context)
 
     assert isinstance(tick(), dg.SkipReason)
     cohort(engine, 60, seed=8)

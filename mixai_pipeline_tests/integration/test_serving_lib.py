@@ -627,3 +627,24 @@ def test_record_outcome_files_the_outcome_under_each_experiment_of_the_job(engin
     assert [tuple(r) for r in rows] == [
         ("master_reg:v2", "treatment", user, job, "reprocessed", 1.0, T0),
         ("preset_cls:v5", "control", user, job, "reprocessed", 1.0, T0)]
+
+
+def test_record_outcome_twice_for_a_job_counts_once(engine):
+    """An app that reports a job's outcome again (a retry, a change of mind) replaces the first report."""
+    with engine.begin() as conn:
+        job = add_job(conn, uuid.uuid4())
+        add_master_params(conn, job, "master_reg", experiment="master_reg:v2", variant="treatment")
+        online_metrics.record_outcome(conn, job, value=1, recorded_at=T0)
+        online_metrics.record_outcome(conn, job, value=0, recorded_at=T0)
+        rows = conn.execute(text("SELECT value FROM ab_test_metrics WHERE job_id = :j"), {"j": job}).scalars().all()
+    assert rows == [0.0]
+
+
+def test_a_user_id_spelled_in_capitals_keeps_its_bucket(engine):
+    user = uuid.uuid4()
+    assert bucketing.bucket("exp", str(user).upper()) == bucketing.bucket("exp", user)
+    with engine.begin() as conn:
+        lower = bucketing.assign(conn, "exp-case", [str(user)], rollout_percent=50)
+        upper = bucketing.assign(conn, "exp-case", [str(user).upper()], rollout_percent=50)
+        stored = conn.execute(text("SELECT count(*) FROM ab_test_assignments WHERE experiment = 'exp-case'")).scalar()
+    assert lower == upper and stored == 1

@@ -112,7 +112,8 @@ def record_master(conn: Connection, job_id: str, data: dict, path: str) -> None:
                rule_params = EXCLUDED.rule_params,
                lufs_in = EXCLUDED.lufs_in, lufs_out = EXCLUDED.lufs_out, true_peak_dbtp = EXCLUDED.true_peak_dbtp,
                path = EXCLUDED.path, report = EXCLUDED.report, updated_at = now()"""),
-        {"job": job_id, "params": data["params"], "source": data["params_source"], "rule_params": data["rule_params"],
+        {"job": job_id, "params": data["params"], "source": data["params_source"],
+         "rule_params": data.get("rule_params"),
          "lufs_in": report.get("input_integrated_lufs"), "lufs_out": report.get("output_integrated_lufs"),
          "tp": report.get("output_true_peak_dbtp"), "path": path, "report": _json(report)})
 

@@ -26,6 +26,7 @@ control to treatment, never back (until a rollback ends the experiment for every
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -35,11 +36,19 @@ BUCKETS = 100
 DEFAULT_SALT = "mixai-ab-v1"
 
 
+def _canonical(user_id: object) -> str:
+    """A uuid in its one spelling (lower case, hyphens), so that "ABC…" and "abc…" share a bucket."""
+    try:
+        return str(uuid.UUID(str(user_id)))
+    except ValueError:
+        return str(user_id)
+
+
 def bucket(experiment: str, user_id: object, salt: str = DEFAULT_SALT) -> int:
     """The user's bucket 0..99 in the experiment (module docstring)."""
     if not experiment:
         raise ValueError("an experiment needs a name")
-    digest = hashlib.blake2b(f"{experiment}\x1f{user_id}".encode(), digest_size=8,
+    digest = hashlib.blake2b(f"{experiment}\x1f{_canonical(user_id)}".encode(), digest_size=8,
                              key=salt.encode()[:64]).digest()
     return int.from_bytes(digest, "big") % BUCKETS
 
@@ -62,7 +71,7 @@ def assign(conn: Connection, experiment: str, user_ids: Iterable[object], *, rol
     theirs stored; the variant column is kept current. One round trip each way for the whole batch."""
     if not 0 <= rollout_percent <= 100:
         raise ValueError(f"rollout_percent must be within 0..100, got {rollout_percent}")
-    users = sorted({str(u) for u in user_ids})
+    users = sorted({_canonical(u) for u in user_ids})
     if not users:
         return {}
     rows = [{"experiment": experiment, "user_id": u, "bucket": bucket(experiment, u, salt), "model_id": model_id}

@@ -172,10 +172,13 @@ def store(conn: Connection, metrics: list[WindowMetrics]) -> int:
 def record_outcome(conn: Connection, job_id: object, *, value: float, metric: str = OUTCOME_METRIC,
                    recorded_at: datetime | None = None) -> int:
     """The product's outcome signal for a job (e.g. the user asked to re-process it: 1, kept it: 0), filed under
-    every experiment the job was served in (its ``master_params`` rows with a variant). Returns rows written."""
+    every experiment the job was served in (its ``master_params`` rows with a variant); a second report for the
+    same job replaces the first. Returns rows written."""
     return conn.execute(text(
         """INSERT INTO ab_test_metrics (experiment, variant, user_id, job_id, metric, value, recorded_at)
            SELECT mp.experiment, mp.variant, j.user_id, j.job_id, :metric, :value, coalesce(:at, now())
            FROM master_params mp JOIN jobs j USING (job_id)
-           WHERE mp.job_id = CAST(:job AS uuid) AND mp.variant IS NOT NULL"""),
+           WHERE mp.job_id = CAST(:job AS uuid) AND mp.variant IS NOT NULL
+           ON CONFLICT (experiment, job_id, metric) WHERE job_id IS NOT NULL
+           DO UPDATE SET value = EXCLUDED.value, variant = EXCLUDED.variant, recorded_at = EXCLUDED.recorded_at"""),
         {"job": str(job_id), "metric": metric, "value": float(value), "at": recorded_at}).rowcount

@@ -162,13 +162,30 @@ class Registration:
         return self.model_id is not None
 
 
+def out_of_fold_reference(result: TrainingResult, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict:
+    """The output reference (``lib.serving.stats.output_reference``) from the chosen model's out-of-fold
+    predictions (grouped 5-fold, as in CV): what it answers on rows it has not seen, which is what serving
+    sees. In-sample answers would not do: a model fitted to its rows' noise (Ridge on 160 features and a few
+    hundred rows, LightGBM anywhere) answers them with a wider spread or another class mix than new rows,
+    and every healthy candidate would then look drifted."""
+    from sklearn.base import clone
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+
+    from mixai_pipeline.lib.serving.stats import output_reference
+
+    n_splits = min(5, len(set(groups)))
+    oof = cross_val_predict(clone(result.estimator), X, y, groups=groups, cv=GroupKFold(n_splits))
+    return output_reference(oof, result.output_names if result.kind == "regression" else None)
+
+
 def export_and_register(result: TrainingResult, X_check: np.ndarray, *, store, engine, tracking, version_label: str,
                         training_set_digest: str, tags: dict[str, str], actor: str,
-                        parity_tolerance: float = 1e-4, experiment: str = EXPERIMENT) -> Registration:
+                        parity_tolerance: float = 1e-4, experiment: str = EXPERIMENT,
+                        output_reference: dict | None = None) -> Registration:
     """The chosen model of ``result`` to ONNX, checked for parity on ``X_check`` (its training rows); when it
     holds, logged to MLflow and recorded (object store + ``model_registry`` + audit) as a candidate named
-    ``<version_label>-<sha12>``. A parity failure registers nothing (``Registration.registered`` is False)."""
-    from mixai_pipeline.lib.serving.stats import output_reference
+    ``<version_label>-<sha12>``, with ``output_reference`` (``out_of_fold_reference``) for drift. A parity failure
+    registers nothing (``Registration.registered`` is False)."""
     from mixai_pipeline.lib.training.onnx_export import parity, to_onnx
 
     if result.estimator is None:
@@ -185,7 +202,7 @@ def export_and_register(result: TrainingResult, X_check: np.ndarray, *, store, e
     with engine.begin() as conn:
         row = record_model(conn, store, result, onnx_bytes, version=version, parity=report,
                            training_set_digest=training_set_digest, mlflow_run_id=run_id, actor=actor,
-                           output_reference=output_reference(result.estimator.predict(X_check), target_names))
+                           output_reference=output_reference)
     return Registration(parity=report, version=version, model_id=row["model_id"], key=row["key"],
                         sha256=row["sha256"], mlflow_run_id=run_id, mlflow_model_version=registered, card=card)
 

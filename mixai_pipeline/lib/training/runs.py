@@ -80,10 +80,12 @@ def train_and_register(frame: pd.DataFrame, task: str, *, store, engine, trackin
         reason = result.skipped_reason or "no candidate beat the baselines: " + "; ".join(result.selection)
     else:
         t1 = time.perf_counter()
+        data = dataset.task_data(frame, task)
         registration = registry.export_and_register(
-            result, dataset.task_data(frame, task).X, store=store, engine=engine, tracking=tracking,
+            result, data.X, store=store, engine=engine, tracking=tracking,
             version_label=version_label, training_set_digest=training_set_digest, actor=actor,
-            tags=tags or {}, parity_tolerance=parity_tolerance)
+            tags=tags or {}, parity_tolerance=parity_tolerance,
+            output_reference=registry.out_of_fold_reference(result, data.X, data.y, data.groups))
         seconds["register"] = time.perf_counter() - t1
         if registration.registered:
             status = "succeeded"
