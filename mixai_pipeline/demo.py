@@ -227,25 +227,20 @@ def print_midi_summary(store, engine, pack_id: str = DEMO_PACK, log=print) -> No
             log(f"        ~ {near.other_id}  sim {near.similarity:.2f}  {other['genre']}/{other['sub_genre']}")
 
 
-def _real_vectors(engine) -> dict:
+def feature_distributions(engine, jobs_sql: str) -> dict | None:
+    """The inst/vocal feature distributions of the jobs ``jobs_sql`` selects (None with fewer than 3)."""
     import numpy as np
 
-    with engine.connect() as conn:
-        return {clip: np.asarray([list(v) for v in conn.execute(text(
-            f"""SELECT f.vec FROM features_store f JOIN jobs j USING (job_id)
-                WHERE f.clip_kind = :c AND f.feature_version = 'v1' AND j.{REAL_JOBS_SQL}"""), {"c": clip}).scalars()])
-            for clip in ("inst", "vocal")}
-
-
-def real_distributions(engine) -> dict | None:
-    """The real demo uploads' inst/vocal feature distributions (None with fewer than 3 uploads): what the
-    synthetic training cohort and the simulated serving traffic are drawn from."""
     from mixai_pipeline.lib.training import synthetic
 
-    real = _real_vectors(engine)
-    if not all(len(v) >= 3 for v in real.values()):
+    with engine.connect() as conn:
+        vectors = {clip: np.asarray([list(v) for v in conn.execute(text(
+            f"""SELECT f.vec FROM features_store f JOIN jobs j USING (job_id)
+                WHERE f.clip_kind = :c AND f.feature_version = 'v1' AND j.{jobs_sql}"""), {"c": clip}).scalars()])
+            for clip in ("inst", "vocal")}
+    if not all(len(v) >= 3 for v in vectors.values()):
         return None
-    return {clip: synthetic.fit_distribution(v) for clip, v in real.items()}
+    return {clip: synthetic.fit_distribution(v) for clip, v in vectors.items()}
 
 
 def train_demo_models(engine, log=print) -> bool:
@@ -265,7 +260,7 @@ def train_demo_models(engine, log=print) -> bool:
     if existing:  # an earlier demo run wrote it (from the real uploads of then): kept as it is
         log(f"  real uploads: {real_rows} labels; the synthetic cohort of an earlier demo run: {existing} uploads")
     else:
-        dists = real_distributions(engine)
+        dists = feature_distributions(engine, REAL_JOBS_SQL)  # the synthetic cohort looks like the real uploads
         fitted = dists is not None
         with engine.begin() as conn:
             cohort = synthetic.insert_synthetic_cohort(
@@ -347,7 +342,9 @@ def _serving_demo(engine, store, database_url: str, webhook_url: str, log) -> bo
     log(f"  rollout controller policy for the demo: {DEMO_ROLLOUT_MIN_N} calls and no minimum time per stage "
         "(defaults: 200 calls and 1 h); SLOs as in production (mean < 50 ms, errors < 1 %, PSI < 0.2, "
         "outcome test at α 0.01)")
-    distributions = real_distributions(engine)
+    # Traffic like the models' training rows (real uploads and the synthetic cohort), whatever was withdrawn
+    # since: drawn from anything else, the controller would rightly see drift.
+    distributions = feature_distributions(engine, "upload_prefix NOT LIKE 'simulated/%'")
     seed = DEMO_TRAFFIC_SEED
     client = ServingClient(engine, store, resolve_ttl_s=0.0)
 

@@ -61,17 +61,26 @@ class _Route:
     variant: str | None = None
 
 
+_INPUTS_SQL = """SELECT j.job_id::text AS job_id, j.user_id::text AS user_id, j.plan, j.bpm,
+                         fi.vec AS inst_vec, fv.vec AS vocal_vec, fm.vec AS mix_vec
+    FROM jobs j
+    JOIN features_store fi ON fi.job_id = j.job_id AND fi.clip_kind = 'inst' AND fi.feature_version = :v
+    JOIN features_store fv ON fv.job_id = j.job_id AND fv.clip_kind = 'vocal' AND fv.feature_version = :v
+    JOIN features_store fm ON fm.job_id = j.job_id AND fm.clip_kind = 'mix' AND fm.feature_version = :v
+    WHERE j.status IN ('registered', 'processing', 'done') AND {where}
+    ORDER BY j.job_id"""
+
+
 def day_inputs(conn: Connection, day: str, feature_version: str = FEATURE_VERSION) -> list[dict]:
     """The day's live jobs with their inst, vocal and mix feature vectors."""
-    return [dict(r) for r in conn.execute(text(
-        """SELECT j.job_id::text AS job_id, j.user_id::text AS user_id, j.plan, j.bpm,
-                  fi.vec AS inst_vec, fv.vec AS vocal_vec, fm.vec AS mix_vec
-           FROM jobs j
-           JOIN features_store fi ON fi.job_id = j.job_id AND fi.clip_kind = 'inst' AND fi.feature_version = :v
-           JOIN features_store fv ON fv.job_id = j.job_id AND fv.clip_kind = 'vocal' AND fv.feature_version = :v
-           JOIN features_store fm ON fm.job_id = j.job_id AND fm.clip_kind = 'mix' AND fm.feature_version = :v
-           WHERE j.partition_date = CAST(:day AS date) AND j.status IN ('registered', 'processing', 'done')
-           ORDER BY j.job_id"""), {"day": day, "v": feature_version}).mappings()]
+    return [dict(r) for r in conn.execute(text(_INPUTS_SQL.format(where="j.partition_date = CAST(:day AS date)")),
+                                          {"day": day, "v": feature_version}).mappings()]
+
+
+def job_inputs(conn: Connection, job_ids: list[str], feature_version: str = FEATURE_VERSION) -> list[dict]:
+    """``day_inputs`` for the given jobs."""
+    return [dict(r) for r in conn.execute(text(_INPUTS_SQL.format(where="j.job_id = ANY(CAST(:ids AS uuid[]))")),
+                                          {"ids": list(job_ids), "v": feature_version}).mappings()]
 
 
 def _routes(conn: Connection, task: str, jobs: list[dict], flags: Flags) -> dict[str, _Route]:

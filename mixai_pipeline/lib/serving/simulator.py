@@ -112,8 +112,9 @@ def replay(engine: Engine, client, jobs: list[dict], *, reprocess: dict[str, flo
     started = time.perf_counter()
     with engine.begin() as conn:
         insert_jobs(conn, jobs, received_at=received_at)
+        stored = master_params.job_inputs(conn, [j["job_id"] for j in jobs])  # jobs seen before keep their rows
     kwargs = {} if salt is None else {"salt": salt}
-    decided = master_params.decide_jobs(engine, client, jobs, **kwargs)
+    decided = master_params.decide_jobs(engine, client, stored, **kwargs)
     client.flush()
     summary = ReplaySummary(jobs=len(jobs))
     with engine.begin() as conn:
