@@ -7,6 +7,7 @@ import threading
 import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 import pytest
 from sqlalchemy import exc, text
@@ -20,6 +21,7 @@ from mixai_pipeline.lib.governance.access import (
     PermissionDenied,
     SignedURLRefused,
 )
+from mixai_pipeline_tests.integration import inserts
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)  # the injected clock; tests move it by hand
 
@@ -35,13 +37,7 @@ def team(engine):
     return engine
 
 
-def add_job(conn, user_id: uuid.UUID) -> uuid.UUID:
-    job_id = uuid.uuid4()
-    conn.execute(text(
-        "INSERT INTO jobs (job_id, upload_prefix, user_id, plan, status, partition_date, received_at, "
-        "consent_qa, consent_training) VALUES (:job, :prefix, :user, 'standard', 'done', '2026-03-01', :at, "
-        "true, true)"), {"job": job_id, "prefix": f"uploads/{job_id}/", "user": user_id, "at": T0})
-    return job_id
+add_job = partial(inserts.add_job, at=T0)
 
 
 def add_item(conn, job_id: uuid.UUID, user_id: uuid.UUID, kind: str, *, store=None, data: bytes = b"",

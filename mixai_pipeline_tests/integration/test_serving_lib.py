@@ -9,6 +9,7 @@ import hashlib
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from mixai_pipeline.lib.governance import access
 from mixai_pipeline.lib.governance.access import ApprovalStateError, InvalidTarget, PermissionDenied
 from mixai_pipeline.lib.serving import bucketing, flags, online_metrics, rollout, stats
 from mixai_pipeline.lib.training.dataset import MASTER_PARAMS
+from mixai_pipeline_tests.integration import inserts
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)  # the injected clock
 MIN = timedelta(minutes=1)
@@ -592,13 +594,7 @@ def test_store_upserts_one_row_per_model_window_and_end(engine):
     assert stored["30d"].err_rate == pytest.approx(2 / 6) and stored["30d"].fallback_rate == pytest.approx(2 / 6)
 
 
-def add_job(conn, user_id: uuid.UUID) -> uuid.UUID:
-    job_id = uuid.uuid4()
-    conn.execute(text(
-        "INSERT INTO jobs (job_id, upload_prefix, user_id, plan, status, partition_date, received_at, "
-        "consent_qa, consent_training) VALUES (:job, :prefix, :user, 'standard', 'done', '2026-03-01', :at, "
-        "true, true)"), {"job": job_id, "prefix": f"uploads/{job_id}/", "user": user_id, "at": T0})
-    return job_id
+add_job = partial(inserts.add_job, at=T0)
 
 
 def add_master_params(conn, job_id: uuid.UUID, task: str, *, experiment: str | None, variant: str | None) -> None:

@@ -128,10 +128,15 @@ _MODEL_COLUMNS = ("id, name, version, status, rollout_percent, rollout_updated_a
                   "created_at")
 
 
+def registry_rows(conn: Connection, where: str, params: dict) -> list[dict]:
+    """``model_registry`` rows (the columns serving and rollout read) matching ``where``."""
+    return [dict(r) for r in conn.execute(text(f"SELECT {_MODEL_COLUMNS} FROM model_registry WHERE {where}"),
+                                          params).mappings()]
+
+
 def model_row(conn: Connection, model_id: int) -> dict | None:
-    row = conn.execute(text(f"SELECT {_MODEL_COLUMNS} FROM model_registry WHERE id = :id"),
-                       {"id": model_id}).mappings().first()
-    return None if row is None else dict(row)
+    rows = registry_rows(conn, "id = :id", {"id": model_id})
+    return rows[0] if rows else None
 
 
 def monitored_models(conn: Connection, now: datetime) -> list[dict]:

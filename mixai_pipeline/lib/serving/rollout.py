@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, text
 
 from mixai_pipeline.lib.serving.alerts import Alert
-from mixai_pipeline.lib.serving.online_metrics import WindowMetrics, model_window
+from mixai_pipeline.lib.serving.online_metrics import WindowMetrics, model_window, registry_rows
 from mixai_pipeline.lib.training.dataset import TASKS
 from mixai_pipeline.resources.database import write_audit
 
@@ -127,26 +127,21 @@ def _duration(delta: timedelta) -> str:
 
 # ------------------------------------------------------------------------------------------- reading
 
-def _rows(conn: Connection, where: str, params: dict) -> list[dict]:
-    return [dict(r) for r in conn.execute(text(
-        "SELECT id, name, version, status, rollout_percent, rollout_updated_at, activated_at, output_reference, "
-        f"created_at FROM model_registry WHERE {where}"), params).mappings()]
-
-
 def active_model(conn: Connection, task: str) -> dict | None:
-    rows = _rows(conn, "name = :task AND status = 'active'", {"task": task})
+    rows = registry_rows(conn, "name = :task AND status = 'active'", {"task": task})
     return rows[0] if rows else None
 
 
 def model_in_rollout(conn: Connection, task: str) -> dict | None:
-    rows = _rows(conn, "name = :task AND status = 'candidate' AND rollout_percent > 0", {"task": task})
+    rows = registry_rows(conn, "name = :task AND status = 'candidate' AND rollout_percent > 0", {"task": task})
     return rows[0] if rows else None
 
 
 def next_candidate(conn: Connection, task: str) -> dict | None:
     """The newest candidate of the task that was never rolled out."""
-    rows = _rows(conn, "name = :task AND status = 'candidate' AND rollout_percent = 0 AND rollout_updated_at IS NULL "
-                       "ORDER BY created_at DESC, id DESC LIMIT 1", {"task": task})
+    rows = registry_rows(conn, "name = :task AND status = 'candidate' AND rollout_percent = 0 "
+                               "AND rollout_updated_at IS NULL ORDER BY created_at DESC, id DESC LIMIT 1",
+                         {"task": task})
     return rows[0] if rows else None
 
 
@@ -269,7 +264,7 @@ def _rollback(conn: Connection, model_id: int, *, now: datetime, actor: str, **d
                       "rollout_updated_at = :now WHERE id = :id"), {"now": now, "id": model_id})
     restored = None
     if model["status"] == "active":
-        rows = _rows(conn, "name = :task AND status = 'retired' AND activated_at IS NOT NULL "
+        rows = registry_rows(conn, "name = :task AND status = 'retired' AND activated_at IS NOT NULL "
                            "ORDER BY activated_at DESC LIMIT 1", {"task": model["name"]})
         if rows:
             restored = rows[0]
