@@ -33,8 +33,8 @@ import sys
 
 def _db(args: argparse.Namespace) -> int:
     from mixai_pipeline import settings
+    from mixai_pipeline.lib.storage.database import engine_for
     from mixai_pipeline.resources import migrations
-    from mixai_pipeline.resources.database import engine_for
     from mixai_pipeline.runtime import embedded_pgdata, prepare_environment
 
     if args.action == "stop":
@@ -124,8 +124,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    from mixai_pipeline.lib.storage.database import engine_for
     from mixai_pipeline.lib.training import registry
-    from mixai_pipeline.resources.database import engine_for
     from mixai_pipeline.runtime import prepare_environment
 
     if args.models_command == "list":  # read-only: no run needed
@@ -154,7 +154,7 @@ def _governance(args: argparse.Namespace) -> int:
 
     from mixai_pipeline.definitions import object_store_resource
     from mixai_pipeline.lib.governance import access, consent
-    from mixai_pipeline.resources.database import engine_for
+    from mixai_pipeline.lib.storage.database import engine_for
     from mixai_pipeline.runtime import prepare_environment
 
     engine = engine_for(prepare_environment().database_url)
@@ -215,7 +215,7 @@ def _serving(args: argparse.Namespace) -> int:
     if args.command == "flags" and args.flags_command == "list":  # read-only: no run needed
         from sqlalchemy import text
 
-        from mixai_pipeline.resources.database import engine_for
+        from mixai_pipeline.lib.storage.database import engine_for
         from mixai_pipeline.runtime import prepare_environment
 
         with engine_for(prepare_environment().database_url).connect() as conn:
@@ -257,7 +257,7 @@ def _request_full_rollout(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from mixai_pipeline.lib.governance import access
-    from mixai_pipeline.resources.database import engine_for
+    from mixai_pipeline.lib.storage.database import engine_for
     from mixai_pipeline.runtime import prepare_environment
 
     try:

@@ -249,8 +249,8 @@ def train_demo_models(engine, log=print) -> bool:
     task's CV metrics beside the baselines, and the registered versions with their MLflow runs."""
     from datetime import datetime, timedelta, timezone
 
+    from mixai_pipeline.lib.storage.database import write_audit
     from mixai_pipeline.lib.training import synthetic
-    from mixai_pipeline.resources.database import write_audit
     from mixai_pipeline.runtime import run_operator_job
 
     with engine.connect() as conn:
@@ -497,7 +497,7 @@ def _print_audit(engine, log, since, what: str, user_id: str | None) -> None:
 def run_demo(timeout_s: float = 900.0, count: int | None = None, midi: bool = True, log=print) -> int:
     from mixai_pipeline.definitions import object_store_resource
     from mixai_pipeline.lib.demo.uploads import write_demo_inbox
-    from mixai_pipeline.resources.database import engine_for
+    from mixai_pipeline.lib.storage.database import engine_for
     from mixai_pipeline.runtime import prepare_environment
 
     env = prepare_environment()

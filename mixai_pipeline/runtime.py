@@ -62,8 +62,8 @@ class Environment:
 
 
 def prepare_environment(*, migrate: bool = True) -> Environment:
+    from mixai_pipeline.lib.storage.database import engine_for
     from mixai_pipeline.resources import migrations
-    from mixai_pipeline.resources.database import engine_for
 
     embedded = not os.environ.get(settings.ENV_DATABASE_URL)
     app_url, dagster_url = app_database_url(), dagster_database_url()

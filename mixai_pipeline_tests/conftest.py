@@ -23,14 +23,14 @@ import pytest
 from psycopg import sql
 
 from mixai_pipeline import settings
+from mixai_pipeline.lib.storage.database import engine_for
+from mixai_pipeline.lib.storage.object_store import LocalObjectStore, ObjectStore, S3ObjectStore
 from mixai_pipeline.resources import migrations
-from mixai_pipeline.resources.database import engine_for
 from mixai_pipeline.resources.embedded_postgres import (
     start_embedded_postgres,
     stop_embedded_postgres,
     with_database,
 )
-from mixai_pipeline.resources.object_store import LocalObjectStore, ObjectStore, S3ObjectStore
 
 TEMPLATE_DB = "mixai_template"
 

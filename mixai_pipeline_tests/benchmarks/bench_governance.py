@@ -63,8 +63,8 @@ from sqlalchemy import Connection, Engine, event, text
 
 from mixai_pipeline.lib.governance import purge, retention
 from mixai_pipeline.lib.governance.retention import BUSINESS_TZ, day_window, expired_items, purge_for_day
-from mixai_pipeline.resources.database import engine_for
-from mixai_pipeline.resources.object_store import LocalObjectStore
+from mixai_pipeline.lib.storage.database import engine_for
+from mixai_pipeline.lib.storage.object_store import LocalObjectStore
 from mixai_pipeline_tests.benchmarks.common import embedded_postgres, fresh_database
 
 DAYS_OF_UPLOADS = 90

@@ -23,8 +23,8 @@ from mixai_pipeline import settings
 from mixai_pipeline.lib.ingestion.audio_probe import probe_stem
 from mixai_pipeline.lib.ingestion.inbox import INBOX_PREFIX, InboxCursor, group_uploads
 from mixai_pipeline.lib.ingestion.registration import register_day
-from mixai_pipeline.resources.database import engine_for
-from mixai_pipeline.resources.object_store import LocalObjectStore
+from mixai_pipeline.lib.storage.database import engine_for
+from mixai_pipeline.lib.storage.object_store import LocalObjectStore
 from mixai_pipeline_tests.benchmarks.common import embedded_postgres, fresh_database, median_time
 from mixai_pipeline_tests.conftest import write_upload
 

@@ -32,10 +32,10 @@ from mixai_pipeline.defs.ingestion.assets import uploads
 from mixai_pipeline.lib.demo import render
 from mixai_pipeline.lib.ingestion.inbox import INBOX_PREFIX, group_uploads, partition_key
 from mixai_pipeline.lib.pipeline import runner
+from mixai_pipeline.lib.storage.database import engine_for
+from mixai_pipeline.lib.storage.object_store import LocalObjectStore
 from mixai_pipeline.resources import Database, ObjectStoreResource
-from mixai_pipeline.resources.database import engine_for
 from mixai_pipeline.resources.embedded_postgres import with_database
-from mixai_pipeline.resources.object_store import LocalObjectStore
 from mixai_pipeline.settings import BUSINESS_TIMEZONE
 from mixai_pipeline_tests.benchmarks.common import embedded_postgres, fresh_database
 from mixai_pipeline_tests.conftest import write_upload

@@ -24,9 +24,9 @@ from sqlalchemy import text
 from mixai_pipeline.lib.governance.access import add_operator
 from mixai_pipeline.lib.serving import bucketing, master_params, rollout, simulator
 from mixai_pipeline.lib.serving.flags import FLAGS, set_flag
+from mixai_pipeline.lib.storage.database import engine_for
+from mixai_pipeline.lib.storage.object_store import LocalObjectStore
 from mixai_pipeline.lib.training.serving import ServingClient
-from mixai_pipeline.resources.database import engine_for
-from mixai_pipeline.resources.object_store import LocalObjectStore
 from mixai_pipeline_tests.benchmarks.common import embedded_postgres, fresh_database, median_time
 
 JOBS_PER_BATCH = 300

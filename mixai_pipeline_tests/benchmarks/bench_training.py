@@ -63,10 +63,10 @@ def _train_all(frame, n_jobs: int, *, engine, store, tracking, label: str) -> di
 def run() -> dict:
     from mixai_pipeline.lib.features.extract import DIM_NAMES, FEATURE_VERSION
     from mixai_pipeline.lib.pipeline.records import ensure_feature_layout
+    from mixai_pipeline.lib.storage.database import engine_for
+    from mixai_pipeline.lib.storage.object_store import LocalObjectStore
     from mixai_pipeline.lib.training import dataset, synthetic
     from mixai_pipeline.resources import Tracking
-    from mixai_pipeline.resources.database import engine_for
-    from mixai_pipeline.resources.object_store import LocalObjectStore
     from mixai_pipeline_tests.benchmarks.common import embedded_postgres, fresh_database
 
     with tempfile.TemporaryDirectory(prefix="mixai-bench-training-") as tmp:

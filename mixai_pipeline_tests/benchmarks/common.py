@@ -14,8 +14,8 @@ import psycopg
 from psycopg import sql
 
 from mixai_pipeline import settings
+from mixai_pipeline.lib.storage.database import engine_for
 from mixai_pipeline.resources import migrations
-from mixai_pipeline.resources.database import engine_for
 from mixai_pipeline.resources.embedded_postgres import start_embedded_postgres, stop_embedded_postgres, with_database
 
 TEMPLATE_DB = "bench_template"

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from mixai_pipeline import settings
-from mixai_pipeline.resources.database import engine_for
+from mixai_pipeline.lib.storage.database import engine_for
 from mixai_pipeline.resources.embedded_postgres import (
     start_embedded_postgres,
     stop_embedded_postgres,

@@ -19,8 +19,8 @@ from mixai_pipeline.lib.governance import consent, purge, retention
 from mixai_pipeline.lib.governance.consent import InvalidConsentEvent
 from mixai_pipeline.lib.pipeline import records
 from mixai_pipeline.lib.pipeline.stages import StoredObject
+from mixai_pipeline.lib.storage.object_store import ObjectInfo, ObjectStore
 from mixai_pipeline.lib.training import dataset
-from mixai_pipeline.resources.object_store import ObjectInfo, ObjectStore
 from mixai_pipeline_tests.unit.test_training_dataset import add_job, add_user
 
 # Object stores stamp real modification times; the purge of unregistered objects compares them with the

@@ -85,9 +85,9 @@ def pack_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def materialized(pack_folder, tmp_path_factory, pg_admin_uri, migrated_template):
-    from mixai_pipeline.resources.database import engine_for
+    from mixai_pipeline.lib.storage.database import engine_for
+    from mixai_pipeline.lib.storage.object_store import LocalObjectStore
     from mixai_pipeline.resources.embedded_postgres import with_database
-    from mixai_pipeline.resources.object_store import LocalObjectStore
     from mixai_pipeline_tests.conftest import _create_database, _drop_database
 
     name = "midi_assets_test"

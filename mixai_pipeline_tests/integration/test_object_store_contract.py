@@ -4,15 +4,15 @@ import time
 
 import pytest
 
-from mixai_pipeline.resources.object_store import (
+from mixai_pipeline.lib.storage.object_store import (
     InvalidKey,
     LocalObjectStore,
     ObjectNotFound,
-    ObjectStoreResource,
     ObjectTooLarge,
     S3ObjectStore,
     key_problem,
 )
+from mixai_pipeline.resources.object_store import ObjectStoreResource
 
 HOSTILE_KEYS = [
     "../etc/passwd",

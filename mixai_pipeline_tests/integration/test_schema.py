@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import exc, text
 
 from mixai_pipeline import settings
+from mixai_pipeline.lib.storage.database import engine_for, write_audit
 from mixai_pipeline.resources import migrations
-from mixai_pipeline.resources.database import engine_for, write_audit
 
 REQUIRED_TABLES = {
     "jobs", "vault_items", "retention_policies", "features_store", "labels", "model_registry", "model_metrics",

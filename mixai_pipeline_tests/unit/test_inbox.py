@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta, timezone
 
 from mixai_pipeline.lib.ingestion.inbox import InboxCursor, group_uploads, partition_key, uploads_of_day
-from mixai_pipeline.resources.object_store import ObjectInfo
+from mixai_pipeline.lib.storage.object_store import ObjectInfo
 
 TZ = "Asia/Tokyo"
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)  # 21:00 in Tokyo

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from mixai_pipeline.lib.mix.presets import PRESET_IDS
+from mixai_pipeline.lib.storage.object_store import LocalObjectStore
 from mixai_pipeline.lib.training import dataset, incremental, models, registry, synthetic
 from mixai_pipeline.lib.training.onnx_export import model_signature, parity, to_onnx
-from mixai_pipeline.resources.object_store import LocalObjectStore
 
 BATCH_ROWS = 150
 N_BATCHES = 4

@@ -9,8 +9,8 @@ from mixai_pipeline.defs.ingestion.jobs import uploads_job
 from mixai_pipeline.defs.partitions import daily_upload_partitions
 from mixai_pipeline.lib.ingestion.inbox import INBOX_PREFIX, InboxCursor, group_uploads
 from mixai_pipeline.lib.ingestion.manifest import MAX_MANIFEST_BYTES, RejectError, parse_manifest
+from mixai_pipeline.lib.storage.object_store import ObjectStore, ObjectStoreError, key_problem
 from mixai_pipeline.resources import ObjectStoreResource
-from mixai_pipeline.resources.object_store import ObjectStore, ObjectStoreError, key_problem
 from mixai_pipeline.settings import BUSINESS_TIMEZONE
 
 

@@ -38,8 +38,8 @@ class TrainNowConfig(dg.Config):
 @dg.op(description="Train the chosen tasks now on the consented training set as of now; register what passes.")
 def train_now(context: dg.OpExecutionContext, config: TrainNowConfig, database: Database,
               object_store: ObjectStoreResource, tracking: Tracking, alerts: Alerts) -> dg.Output[list[dict]]:
+    from mixai_pipeline.lib.storage.database import write_audit
     from mixai_pipeline.lib.training import dataset, runs
-    from mixai_pipeline.resources.database import write_audit
 
     tasks = _known_tasks(config.tasks)
     now = datetime.now(timezone.utc)

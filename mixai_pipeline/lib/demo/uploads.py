@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mixai_pipeline.lib.demo import render
 from mixai_pipeline.lib.ingestion.inbox import INBOX_PREFIX, MANIFEST_NAME
-from mixai_pipeline.resources.object_store import LocalObjectStore, ObjectStore, S3ObjectStore
+from mixai_pipeline.lib.storage.object_store import LocalObjectStore, ObjectStore, S3ObjectStore
 
 DEMO_NAMESPACE = uuid.UUID("3a4f0c2e-58b1-4d0a-8a47-0d6e9c1b7f25")
 GROUNDTRUTH_PREFIX = "groundtruth/"

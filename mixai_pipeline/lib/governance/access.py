@@ -65,8 +65,8 @@ from uuid import UUID
 from sqlalchemy import Connection, Engine, text
 
 from mixai_pipeline import settings
-from mixai_pipeline.resources.database import write_audit
-from mixai_pipeline.resources.object_store import (
+from mixai_pipeline.lib.storage.database import write_audit
+from mixai_pipeline.lib.storage.object_store import (
     LocalObjectStore,
     ObjectNotFound,
     ObjectStore,

@@ -47,8 +47,8 @@ from uuid import UUID
 
 from sqlalchemy import Connection, text
 
-from mixai_pipeline.resources.database import write_audit
-from mixai_pipeline.resources.object_store import key_problem
+from mixai_pipeline.lib.storage.database import write_audit
+from mixai_pipeline.lib.storage.object_store import key_problem
 
 # A field nobody has stated yet: older than any real statement, so the first one always applies.
 NEVER_STATED = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -55,8 +55,8 @@ from uuid import UUID
 
 from sqlalchemy import Connection, Engine, text
 
-from mixai_pipeline.resources.database import write_audit
-from mixai_pipeline.resources.object_store import LocalObjectStore, ObjectStore, key_problem
+from mixai_pipeline.lib.storage.database import write_audit
+from mixai_pipeline.lib.storage.object_store import LocalObjectStore, ObjectStore, key_problem
 
 # SQL predicates on vault_items (sql/0005_governance.sql explains the states).
 LIVE = "deleted_at IS NULL AND purge_started_at IS NULL"

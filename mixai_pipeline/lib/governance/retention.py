@@ -41,7 +41,7 @@ from mixai_pipeline.lib.governance.purge import (
     complete_interrupted,
     purge_where,
 )
-from mixai_pipeline.resources.object_store import ObjectStore
+from mixai_pipeline.lib.storage.object_store import ObjectStore
 from mixai_pipeline.settings import BUSINESS_TIMEZONE
 
 BUSINESS_TZ = ZoneInfo(BUSINESS_TIMEZONE)

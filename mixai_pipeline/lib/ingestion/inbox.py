@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from zoneinfo import ZoneInfo
 
-from mixai_pipeline.resources.object_store import ObjectInfo
+from mixai_pipeline.lib.storage.object_store import ObjectInfo
 
 INBOX_PREFIX = "uploads/"
 MANIFEST_NAME = "manifest.json"

@@ -36,8 +36,8 @@ from mixai_pipeline.lib.ingestion.manifest import (
     parse_manifest,
     peek_user_id,
 )
-from mixai_pipeline.resources.database import write_audit
-from mixai_pipeline.resources.object_store import ObjectNotFound, ObjectStore, ObjectTooLarge, key_problem
+from mixai_pipeline.lib.storage.database import write_audit
+from mixai_pipeline.lib.storage.object_store import ObjectNotFound, ObjectStore, ObjectTooLarge, key_problem
 
 STEM_KINDS = ("inst", "vocal")
 _STEM_NAME = re.compile(r"^(inst|vocal)\.([^./]+)$", re.IGNORECASE)

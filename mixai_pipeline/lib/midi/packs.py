@@ -18,8 +18,8 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, text
 
 from mixai_pipeline.lib.midi.stage1 import PackMetadataError, read_pack_metadata
-from mixai_pipeline.resources.database import write_audit
-from mixai_pipeline.resources.object_store import ObjectInfo, ObjectStore, key_problem
+from mixai_pipeline.lib.storage.database import write_audit
+from mixai_pipeline.lib.storage.object_store import ObjectInfo, ObjectStore, key_problem
 
 PACKS_PREFIX = "midi/packs/"
 METADATA_NAME = "metadata.csv"

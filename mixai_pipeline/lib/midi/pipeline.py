@@ -28,7 +28,7 @@ from mixai_pipeline.lib.midi.metrics import (
 from mixai_pipeline.lib.midi.pairs import genre_transfer_pairs, similarity_pairs
 from mixai_pipeline.lib.midi.scores import AXES, ScoreConfig, score_frame
 from mixai_pipeline.lib.midi.stage1 import Stage1Result, run_stage1
-from mixai_pipeline.resources.object_store import ObjectStore
+from mixai_pipeline.lib.storage.object_store import ObjectStore
 
 PIPELINE_VERSION = "midi-v1"
 DERIVED_PREFIX = "midi/derived/"

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from mixai_pipeline.lib.pipeline.stages import JobInput, StoredObject
-from mixai_pipeline.resources.database import write_audit
+from mixai_pipeline.lib.storage.database import write_audit
 
 _STAGE_TABLES = {"aligned_stems": "alignments", "mixes": "mixes", "masters": "masters"}
 

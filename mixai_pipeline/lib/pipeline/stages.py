@@ -17,7 +17,7 @@ import numpy as np
 
 from mixai_pipeline.lib.audio.io import decode, resample, write_wav
 from mixai_pipeline.lib.ingestion.manifest import RejectError
-from mixai_pipeline.resources.object_store import ObjectNotFound, ObjectStore
+from mixai_pipeline.lib.storage.object_store import ObjectNotFound, ObjectStore
 
 ANALYSIS_SR = 22050
 

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, text
 
 from mixai_pipeline.lib.governance.access import require_permission
 from mixai_pipeline.lib.serving.bucketing import DEFAULT_SALT, bucket
-from mixai_pipeline.resources.database import write_audit
+from mixai_pipeline.lib.storage.database import write_audit
 
 FLAGS = ("enable_cpu_ml", "enable_hq_master", "enable_align", "enable_master_regression",
          "enable_preset_recommendation", "enable_align_confidence")

@@ -38,8 +38,8 @@ from sqlalchemy import Connection, text
 
 from mixai_pipeline.lib.serving.alerts import Alert
 from mixai_pipeline.lib.serving.online_metrics import WindowMetrics, model_window, registry_rows
+from mixai_pipeline.lib.storage.database import write_audit
 from mixai_pipeline.lib.training.dataset import TASKS
-from mixai_pipeline.resources.database import write_audit
 
 CONTROLLER = "system:rollout-controller"
 

@@ -80,7 +80,7 @@ import pandas as pd
 from mixai_pipeline.lib.training import dataset, models
 
 if TYPE_CHECKING:
-    from mixai_pipeline.resources.object_store import ObjectStore
+    from mixai_pipeline.lib.storage.object_store import ObjectStore
 
 MIN_NEW_SAMPLES = 100        # seed §10: "every 100 new samples"
 CANDIDATE_NAME = "sgd_incremental"

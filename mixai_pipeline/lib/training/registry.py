@@ -18,9 +18,9 @@ from sqlalchemy import Connection, text
 
 from mixai_pipeline import settings
 from mixai_pipeline.lib.features.extract import FEATURE_VERSION
+from mixai_pipeline.lib.storage.database import write_audit
 from mixai_pipeline.lib.training.models import TrainingResult
 from mixai_pipeline.lib.training.onnx_export import ParityReport, model_signature, sha256
-from mixai_pipeline.resources.database import write_audit
 
 EXPERIMENT = "mixai-weekly-training"
 MAX_MODEL_FILE_BYTES = 256 * 2**20   # far above any model trained here (< 5 MB): a wrong file fails before parsing

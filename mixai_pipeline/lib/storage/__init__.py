@@ -1,0 +1,1 @@
+"""Storage the science writes to: the object store and the application database (no Dagster)."""
