@@ -294,8 +294,8 @@ def master(x: np.ndarray, sr: float, params: MasterParams, *,
                                                           COMP_RELEASE_MS, COMP_KNEE_DB)
         staged, reduction = dynamics.compress(staged, sr, threshold, COMP_RATIO, COMP_ATTACK_MS, COMP_RELEASE_MS,
                                               knee_db=COMP_KNEE_DB)
-    staged = filters.low_shelf(staged, sr, LOW_SHELF_HZ, params.low_shelf_db)
-    staged = filters.high_shelf(staged, sr, HIGH_SHELF_HZ, params.high_shelf_db)
+    staged = filters.apply_sos(staged, np.vstack([filters.design_low_shelf(sr, LOW_SHELF_HZ, params.low_shelf_db),
+                                                  filters.design_high_shelf(sr, HIGH_SHELF_HZ, params.high_shelf_db)]))
     envelope = dynamics.true_peak_envelope(staged, sr)  # once: the trims only scale it
     staged_peak_db = 20 * math.log10(float(envelope.max()))
     max_trim = CEILING_DBTP - staged_peak_db + MAX_PEAK_REDUCTION_DB

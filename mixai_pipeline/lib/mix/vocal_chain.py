@@ -46,13 +46,15 @@ def shift(x: np.ndarray, offset_ms: float, sr: int, length: int) -> np.ndarray:
 
 
 def vocal_chain(vocal: np.ndarray, sr: int, preset: Preset) -> np.ndarray:
-    y = filters.highpass(vocal, sr, preset.hpf_hz)
+    # Consecutive filters run as one cascade: the same result as one pass each, with one pass over the audio.
+    cuts = [filters.design_highpass(sr, preset.hpf_hz)]
     if preset.lpf_hz:
-        y = filters.lowpass(y, sr, preset.lpf_hz)
+        cuts.append(filters.design_lowpass(sr, preset.lpf_hz))
+    y = filters.apply_sos(vocal, np.vstack(cuts))
     y = dynamics.deess(y, sr, preset.deesser)
     y, _ = dynamics.compress(y, sr, preset.threshold_db, preset.ratio, preset.attack_ms, preset.release_ms)
-    for band in preset.eq:
-        y = filters.peaking(y, sr, band.hz, band.gain_db, band.q)
+    bands = [filters.design_peaking(sr, band.hz, band.gain_db, band.q) for band in preset.eq]
+    y = filters.apply_sos(y, np.vstack(bands or [filters.IDENTITY]))
     return reverb(y, sr, preset.reverb_decay, preset.reverb_mix)
 
 

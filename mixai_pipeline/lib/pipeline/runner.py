@@ -9,8 +9,10 @@ on: a StageFailure, or a ValueError/ArithmeticError the science raises on that j
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.util
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -173,17 +175,29 @@ def label_day(engine: Engine, day: str) -> dict[str, Counter]:
 def run_day(engine: Engine, store, uploads, day, *, max_workers: int, actor: str) -> dict:
     """The whole chain for one day without Dagster, in the assets' order: register the uploads, then
     every stage (with the served models' master parameters decided before the masters), then the labels.
-    Returns per-stage counts (the benchmark's baseline)."""
+    Returns per-stage counts and wall seconds (the benchmark's baseline)."""
     from mixai_pipeline.lib.serving.master_params import decide_day
     from mixai_pipeline.lib.training.serving import ServingClient
 
-    report = register_day(store, engine, uploads, day, actor=actor, max_workers=max_workers)
-    summary = {"registered": len(report.accepted), "rejected": len(report.rejected)}
+    seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(step: str):
+        start = time.perf_counter()
+        yield
+        seconds[step] = round(time.perf_counter() - start, 3)
+
+    with timed("uploads"):
+        report = register_day(store, engine, uploads, day, actor=actor, max_workers=max_workers)
+    summary: dict = {"registered": len(report.accepted), "rejected": len(report.rejected)}
     for name in STAGES:
         if name == "masters":
-            with ServingClient(engine, store) as client:
+            with ServingClient(engine, store) as client, timed("master_params"):
                 summary["master_params"] = decide_day(engine, client, day.isoformat()).jobs
-        outcome = run_stage_for_day(engine, store, day.isoformat(), name, max_workers=max_workers, actor=actor)
+        with timed(name):
+            outcome = run_stage_for_day(engine, store, day.isoformat(), name, max_workers=max_workers, actor=actor)
         summary[name] = {"ok": len(outcome.results), "failed": len(outcome.failures), "errors": len(outcome.errors)}
-    summary["labels"] = label_day(engine, day.isoformat())["jobs"]["labelled"]
+    with timed("labels"):
+        summary["labels"] = label_day(engine, day.isoformat())["jobs"]["labelled"]
+    summary["seconds"] = seconds
     return summary
