@@ -32,7 +32,7 @@ from mixai_pipeline.defs.governance.sensors import consent_changes_sensor, delet
 from mixai_pipeline.lib.governance import access, consent
 from mixai_pipeline.resources import Clock, Database, ObjectStoreResource
 from mixai_pipeline_tests.conftest import set_mtime
-from mixai_pipeline_tests.integration.test_governance_lib import upload
+from mixai_pipeline_tests.integration.test_governance_lib import rejected_upload, upload
 
 pytestmark = pytest.mark.slow
 
@@ -319,6 +319,15 @@ def test_a_backfill_of_30_past_days_deletes_exactly_what_the_policy_says(team, d
     access.approve(engine, request.id, approver="ken", now=datetime(2025, 8, 26, 10, tzinfo=TOKYO))
     before = {path: (expires_at, held) for path, expires_at, held in
               rows(engine, "SELECT path, expires_at, legal_hold FROM vault_items")}
+    # Two rejected uploads (standard: the stems' 7 days): one expires inside the backfill, one after it.
+    rejected = {}
+    for received_day in (date(2025, 9, 10), date(2025, 9, 28)):
+        received = datetime.combine(received_day, time(9), tzinfo=TOKYO)
+        with engine.begin() as conn:
+            rejected[received_day] = rejected_upload(conn, local_store, received=received, user=str(uuid.uuid4()),
+                                                     plan="standard", files={"inst.wav": b"bad", "manifest.json": b""})
+        for name in ("inst.wav", "manifest.json"):
+            set_mtime(local_store, f"uploads/{rejected[received_day]}/{name}", received)
 
     reports = {}
     for day in days:
@@ -347,6 +356,9 @@ def test_a_backfill_of_30_past_days_deletes_exactly_what_the_policy_says(team, d
     assert not outside & deleted
     for path, deleted_at in rows(engine, "SELECT path, deleted_at FROM vault_items WHERE deleted_at IS NOT NULL"):
         assert deleted_at == now and before[path][0] <= now
+    assert sum(r["rejected_uploads_purged"] for r in reports.values()) == 1
+    assert not list(local_store.list(f"uploads/{rejected[date(2025, 9, 10)]}/"))
+    assert len(list(local_store.list(f"uploads/{rejected[date(2025, 9, 28)]}/"))) == 2
 
     # The hold is released: the next scheduled run (catch_up) purges what expired while it was held, with
     # everything else left over from before; still nothing that expires later than now.

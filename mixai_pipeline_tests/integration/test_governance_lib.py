@@ -803,3 +803,97 @@ def test_orphans_are_found_both_ways(engine, any_store):
         (f"previews/{job}/inst.m4a", "deleted"), (f"derived/{job}/stray.wav", "none")}
     assert [m.path for m in report.rows_without_object] == [f"derived/{job}/master.wav"]
     assert report.in_purge == [f"previews/{job}/vocal.m4a"] and not report.consistent
+
+
+# ------------------------------------------------------------------------------------ rejected uploads
+
+def rejected_upload(conn, store: ObjectStore, *, received: datetime, user: str | None, plan: str | None,
+                    files: dict[str, bytes]) -> str:
+    """An upload registration rejected: a jobs row with the reason, its files in the inbox, no vault rows."""
+    job = str(uuid.uuid4())
+    conn.execute(text(
+        """INSERT INTO jobs (job_id, upload_prefix, user_id, plan, status, partition_date, received_at,
+                             reject_code, reject_reason)
+           VALUES (:j, :prefix, :u, :plan, 'rejected', :day, :received, 'audio_corrupt', 'inst.wav is corrupt')"""),
+        {"j": job, "prefix": f"uploads/{job}/", "u": user, "plan": plan,
+         "day": received.astimezone(retention.BUSINESS_TZ).date(), "received": received})
+    for name, data in files.items():
+        store.put_bytes(f"uploads/{job}/{name}", data)
+    return job
+
+
+def test_rejected_uploads_files_go_when_the_plans_stem_retention_passes_never_early_nor_under_hold(
+        engine, any_store):
+    """A rejected upload's stems are raw audio: deleted after its plan's inst/vocal days (freetrial 3,
+    standard 7; no plan known: the longest), never under a legal hold; its jobs row stays; reruns are no-ops."""
+    received = REAL - timedelta(days=10)
+    files = {"inst.wav": b"RIFF broken", "vocal.wav": b"RIFF\x00\x01", "manifest.json": b"{}"}
+    with engine.begin() as conn:
+        trial = rejected_upload(conn, any_store, received=REAL - timedelta(days=4), user=str(uuid.uuid4()),
+                                plan="freetrial", files=files)
+        standard_young = rejected_upload(conn, any_store, received=REAL - timedelta(days=4),
+                                         user=str(uuid.uuid4()), plan="standard", files=files)
+        unknown = rejected_upload(conn, any_store, received=received, user=None, plan=None,
+                                  files={"inst.wav": b"x", "notes.txt": b"y"})
+        held_user = str(uuid.uuid4())
+        held = rejected_upload(conn, any_store, received=received, user=held_user, plan="standard", files=files)
+        conn.execute(text(
+            "INSERT INTO approval_requests (kind, target, reason, requested_by, status, decided_by, decided_at) "
+            "VALUES ('legal_hold', CAST(:t AS jsonb), 'litigation', 'legal', 'approved', 'dpo', now())"),
+            {"t": json.dumps({"user_id": held_user, "hold": True})})
+        accepted = upload(conn, any_store, consent_user(conn), received=received, derived_rows=False)
+    now = REAL + timedelta(hours=2)
+
+    report = retention.purge_rejected_uploads(engine, any_store, now=now, actor=ACTOR)
+
+    def keys(job):
+        return sorted(info.key.rsplit("/", 1)[1] for info in any_store.list(f"uploads/{job}/"))
+    assert keys(trial) == [] and keys(unknown) == []
+    assert keys(standard_young) == sorted(files) and keys(held) == sorted(files)  # 4 of 7 days; a hold
+    assert keys(accepted) == ["inst.wav", "manifest.json", "vocal.wav"]  # vault items go by their own expiry
+    assert (report.expired, report.purged, report.objects_deleted) == (3, 2, 5)
+    assert report.bytes_freed == sum(map(len, files.values())) + 2 and report.held == [held]
+    with engine.connect() as conn:
+        rows = {r.job_id: r for r in conn.execute(text(
+            "SELECT job_id::text AS job_id, status, reject_reason, files_purged_at FROM jobs"))}
+    assert rows[trial].files_purged_at == now and rows[trial].reject_reason == "inst.wav is corrupt"
+    assert rows[standard_young].files_purged_at is None and rows[held].files_purged_at is None
+    entries = audits(engine, "object.deleted_unregistered")
+    assert {e["target_id"] for e in entries} == {trial, unknown}
+    assert all(e["details"]["cause"] == "retention_rejected" for e in entries)
+    assert sorted(i["path"] for e in entries for i in e["details"]["items"]) == sorted(
+        [f"uploads/{trial}/{name}" for name in files] + [f"uploads/{unknown}/inst.wav", f"uploads/{unknown}/notes.txt"])
+
+    again = retention.purge_rejected_uploads(engine, any_store, now=now, actor=ACTOR)
+    assert (again.expired, again.purged, again.objects_deleted) == (1, 0, 0) and again.held == [held]
+    assert len(audits(engine, "object.deleted_unregistered")) == 2
+    # a day window: only what expired within it
+    later = REAL + timedelta(days=4)
+    window = (REAL - timedelta(days=1), REAL + timedelta(days=2))
+    inside = retention.purge_rejected_uploads(engine, any_store, now=later, actor=ACTOR, window=window)
+    assert inside.purged == 0 and keys(standard_young) == sorted(files)  # it expires at REAL + 3 d
+    assert retention.purge_rejected_uploads(engine, any_store, now=later, actor=ACTOR).purged == 1
+    assert keys(standard_young) == []
+
+
+def test_rejected_upload_files_with_hostile_names_are_reported_not_deleted_and_the_job_stays_open(
+        engine, local_store):
+    with engine.begin() as conn:
+        job = rejected_upload(conn, local_store, received=REAL - timedelta(days=30), user=None, plan=None,
+                              files={"inst.wav": b"x"})
+    hostile = local_store.root / f"uploads/{job}" / "evil\nname.wav"
+    hostile.write_bytes(b"y")
+    report = retention.purge_rejected_uploads(engine, local_store, now=REAL + timedelta(hours=2), actor=ACTOR)
+    assert report.objects_deleted == 1 and report.purged == 0
+    assert report.unaddressable == [f"uploads/{job}/evil\nname.wav"] and hostile.exists()
+
+
+def test_young_files_of_an_expired_rejected_upload_wait_for_a_later_run(engine, local_store):
+    """A file written just now under an old rejected upload (a retry in progress?) is left for a later run."""
+    with engine.begin() as conn:
+        job = rejected_upload(conn, local_store, received=REAL - timedelta(days=30), user=None, plan=None,
+                              files={"inst.wav": b"x"})
+    report = retention.purge_rejected_uploads(engine, local_store, now=REAL + timedelta(minutes=5), actor=ACTOR)
+    assert report.purged == 0 and report.left_for_later == [f"uploads/{job}/inst.wav"]
+    later = retention.purge_rejected_uploads(engine, local_store, now=REAL + timedelta(hours=2), actor=ACTOR)
+    assert later.purged == 1 and list(local_store.list(f"uploads/{job}/")) == []

@@ -283,7 +283,7 @@ def purge_user_data(engine: Engine, store: ObjectStore, user_id: UUID | str, *, 
     open_ids = [r.id for r in requests if r.status != "completed"]
     with engine.connect() as conn:
         jobs = conn.execute(text(
-            "SELECT job_id::text AS job_id, upload_prefix, received_at FROM jobs WHERE user_id = :u "
+            "SELECT job_id::text AS job_id, user_id, upload_prefix, received_at FROM jobs WHERE user_id = :u "
             "AND received_at <= :cutoff "
             "ORDER BY job_id"), {"u": user, "cutoff": cutoff}).all()
     job_ids = [j.job_id for j in jobs]
@@ -309,8 +309,12 @@ def purge_user_data(engine: Engine, store: ObjectStore, user_id: UUID | str, *, 
                                details={"deletion_request_ids": open_ids, "user_id": user},
                                on_deleted=count_on_requests)
         outcome.add(fresh)
-        _sweep_unregistered(engine, store, jobs, now=now, actor=actor, report=report,
-                            details={"deletion_request_ids": open_ids, "user_id": user})
+        sweep = sweep_job_prefixes(engine, store, jobs, now=now, actor=actor, cause="withdrawal",
+                                   details={"deletion_request_ids": open_ids, "user_id": user})
+        report.unregistered_deleted += sweep.deleted
+        report.unregistered_too_young += sweep.too_young
+        report.unaddressable += sweep.unaddressable
+        report.errors += sweep.errors
     report.items_deleted = len(outcome.deleted) + len(outcome.held_but_gone)
     report.bytes_freed = outcome.bytes_freed
     report.errors = outcome.errors + report.errors  # the sweep's come after
@@ -325,43 +329,61 @@ def purge_user_data(engine: Engine, store: ObjectStore, user_id: UUID | str, *, 
     return report
 
 
-def _sweep_unregistered(engine: Engine, store: ObjectStore, jobs: Sequence[Any], *, now: datetime, actor: str,
-                        report: UserPurgeReport, details: dict[str, Any]) -> None:
-    """Delete objects under the jobs' prefixes that no row accounts for (see the module docstring)."""
+@dataclass
+class Sweep:
+    """What ``sweep_job_prefixes`` did: object keys deleted, left for a later run, refused by the store API."""
+    deleted: list[str] = field(default_factory=list)
+    bytes_deleted: int = 0
+    too_young: list[str] = field(default_factory=list)
+    unaddressable: list[str] = field(default_factory=list)  # names the store API refuses (hostile uploads)
+    errors: list[ItemError] = field(default_factory=list)
+
+
+def sweep_job_prefixes(engine: Engine, store: ObjectStore, jobs: Sequence[Any], *, now: datetime, actor: str,
+                       cause: str, details: dict[str, Any]) -> Sweep:
+    """Delete the objects under the jobs' prefixes that no row accounts for, and audit them per job.
+
+    ``jobs`` rows have ``job_id``, ``user_id``, ``upload_prefix`` and ``received_at``. An object written after
+    the upload was received and younger than ``UNREGISTERED_GRACE`` is left for a later run (a stage may be
+    between writing and registering it)."""
+    sweep = Sweep()
+    if not jobs:
+        return sweep
     with engine.connect() as conn:
         # Rows that still stand for their object: live, held or in purge (a tombstone does not).
         kept = set(conn.execute(text(
             "SELECT path FROM vault_items WHERE job_id = ANY(CAST(:jobs AS uuid[])) AND deleted_at IS NULL"),
-            {"jobs": [j.job_id for j in jobs]}).scalars())
+            {"jobs": [str(j.job_id) for j in jobs]}).scalars())
     swept: list[VaultItem] = []
     for job in jobs:
         prefixes = {job.upload_prefix, *(p.format(job=job.job_id) for p in JOB_PREFIXES)}
         for prefix in sorted(prefixes):
             if key_problem(prefix.rstrip("/")):
-                report.unaddressable.append(prefix)
+                sweep.unaddressable.append(prefix)
                 continue
             for info in store.list(prefix):
                 if info.key in kept:
                     continue
                 if key_problem(info.key):
-                    report.unaddressable.append(info.key)
+                    sweep.unaddressable.append(info.key)
                     continue
-                # Part of the registered upload (written by the time it was received), or old enough that no
-                # upload can still be writing it.
                 if info.last_modified > job.received_at and info.last_modified > now - UNREGISTERED_GRACE:
-                    report.unregistered_too_young.append(info.key)
+                    sweep.too_young.append(info.key)
                     continue
                 try:
                     store.delete(info.key)
                 except Exception as err:
-                    report.errors.append(ItemError(None, info.key, f"{type(err).__name__}: {err}"))
+                    sweep.errors.append(ItemError(None, info.key, f"{type(err).__name__}: {err}"))
                     continue
-                report.unregistered_deleted.append(info.key)
-                swept.append(VaultItem(0, job.job_id, report.user_id, "unregistered", info.key, info.size, None))
+                sweep.deleted.append(info.key)
+                sweep.bytes_deleted += info.size
+                swept.append(VaultItem(0, str(job.job_id), str(job.user_id) if job.user_id else None,
+                                       "unregistered", info.key, info.size, None))
     if swept:
         with engine.begin() as conn:
             _audit_by_job(conn, swept, actor=actor, action="object.deleted_unregistered",
-                          details={"cause": "withdrawal", "effective_at": now.isoformat(), **details})
+                          details={"cause": cause, "effective_at": now.isoformat(), **details})
+    return sweep
 
 
 def _delete_derived_rows(conn: Connection, job_ids: list[str]) -> dict[str, int]:

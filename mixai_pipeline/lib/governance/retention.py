@@ -182,6 +182,83 @@ def purge_for_day(engine: Engine, store: ObjectStore, day: date, *, now: datetim
                          window=(EARLIEST_EXPIRY if catch_up else start, end))
 
 
+# ------------------------------------------------------------------------------------ rejected uploads
+
+# When a rejected upload's files expire: its arrival plus the raw-audio (stem) retention of its plan, or the
+# longest one of any plan when the manifest named none (never early, whatever the plan would have been).
+_REJECTED_EXPIRY = """j.received_at + make_interval(days => coalesce(
+    (SELECT max(r.days) FROM retention_policies r WHERE r.plan = j.plan AND r.kind IN ('inst', 'vocal')),
+    (SELECT max(r.days) FROM retention_policies r WHERE r.kind IN ('inst', 'vocal'))))"""
+
+
+@dataclass
+class RejectedPurgeReport:
+    expired: int = 0              # rejected uploads whose files' retention has passed
+    purged: int = 0               # of them, every file gone now (jobs.files_purged_at set)
+    objects_deleted: int = 0
+    bytes_freed: int = 0
+    held: list[str] = field(default_factory=list)           # job ids a legal hold keeps
+    left_for_later: list[str] = field(default_factory=list)  # keys too young to delete yet, or that failed
+    unaddressable: list[str] = field(default_factory=list)   # keys the store API refuses: need an operator
+    errors: list[ItemError] = field(default_factory=list)
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {"rejected_uploads_expired": self.expired, "rejected_uploads_purged": self.purged,
+                "rejected_objects_deleted": self.objects_deleted, "rejected_bytes_freed": self.bytes_freed,
+                "rejected_uploads_held": len(self.held), "rejected_unaddressable": len(self.unaddressable)}
+
+
+def purge_rejected_uploads(engine: Engine, store: ObjectStore, *, now: datetime, actor: str = DEFAULT_ACTOR,
+                           window: tuple[datetime, datetime] | None = None,
+                           batch_size: int = DEFAULT_BATCH) -> RejectedPurgeReport:
+    """Delete the files (stems, manifest, anything else under its prefix) of every rejected upload whose
+    raw-audio retention has passed by ``now`` (expiring within ``window`` if given), unless a legal hold
+    covers its user or the job. They have no ``vault_items`` rows, so each deletion is audited per job
+    (``object.deleted_unregistered``, cause ``retention_rejected``) and the job gets ``files_purged_at``
+    once nothing is left; the ``jobs`` row (what was rejected and why) stays. Reruns delete nothing more."""
+    from mixai_pipeline.lib.governance.access import holds_in_force
+    from mixai_pipeline.lib.governance.purge import sweep_job_prefixes
+
+    _aware(now)
+    report = RejectedPurgeReport()
+    window_sql = "" if window is None else (
+        f" AND {_REJECTED_EXPIRY} >= :window_start AND {_REJECTED_EXPIRY} < :window_end")
+    params: dict[str, Any] = {"now": now, "limit": batch_size, "after": EARLIEST_EXPIRY, "after_id": ""}
+    if window is not None:
+        params.update(window_start=window[0], window_end=window[1])
+    with engine.connect() as conn:
+        holds = holds_in_force(conn)
+    held_users = {h["user_id"] for h in holds if "user_id" in h}
+    held_jobs = {h["job_id"] for h in holds if "job_id" in h}
+    while True:
+        with engine.connect() as conn:
+            jobs = conn.execute(text(
+                f"""SELECT j.job_id::text AS job_id, j.user_id, j.upload_prefix, j.received_at FROM jobs j
+                    WHERE j.status = 'rejected' AND j.files_purged_at IS NULL AND {_REJECTED_EXPIRY} <= :now
+                      {window_sql} AND (j.received_at, j.job_id::text) > (:after, :after_id)
+                    ORDER BY j.received_at, j.job_id::text LIMIT :limit"""), params).all()
+        for job in jobs:
+            report.expired += 1
+            if job.job_id in held_jobs or (job.user_id and str(job.user_id) in held_users):
+                report.held.append(job.job_id)
+                continue
+            sweep = sweep_job_prefixes(engine, store, [job], now=now, actor=actor, cause="retention_rejected",
+                                       details={"user_id": str(job.user_id) if job.user_id else None})
+            report.objects_deleted += len(sweep.deleted)
+            report.bytes_freed += sweep.bytes_deleted
+            report.left_for_later += sweep.too_young + [e.path for e in sweep.errors]
+            report.unaddressable += sweep.unaddressable
+            report.errors += sweep.errors
+            if not (sweep.too_young or sweep.errors or sweep.unaddressable):
+                with engine.begin() as conn:
+                    conn.execute(text("UPDATE jobs SET files_purged_at = :now WHERE job_id = CAST(:id AS uuid)"),
+                                 {"now": now, "id": job.job_id})
+                report.purged += 1
+        if len(jobs) < batch_size:
+            return report
+        params.update(after=jobs[-1].received_at, after_id=jobs[-1].job_id)
+
+
 # ------------------------------------------------------------------------------------------------ checks
 
 def retention_problems(conn: Connection, *, now: datetime, day: date | None = None,
@@ -225,7 +302,7 @@ class OrphanReport:
     objects_without_row: list[OrphanObject] = field(default_factory=list)
     rows_without_object: list[MissingObject] = field(default_factory=list)
     in_purge: list[str] = field(default_factory=list)   # in transition: neither kind of orphan
-    # a rejected upload's files have no rows by design (kept, with the reason in jobs, for the user and support)
+    # a rejected upload's files have no rows by design: kept for support until purge_rejected_uploads deletes them
     rejected_upload_objects: list[OrphanObject] = field(default_factory=list)
 
     @property
