@@ -28,7 +28,17 @@ class FeatureFlags(dg.ConfigurableResource):
             return read_flags(conn, self.salt)
 
     def set(self, key: str, *, enabled: bool, rollout_percent: int, actor: str, reason: str) -> Flag:
+        from mixai_pipeline.lib.governance.access import GovernanceError, write_refusal
         from mixai_pipeline.lib.serving.flags import set_flag
 
-        with self.database.get_engine().begin() as conn:
-            return set_flag(conn, key, enabled=enabled, rollout_percent=rollout_percent, actor=actor, reason=reason)
+        engine = self.database.get_engine()
+        try:
+            with engine.begin() as conn:
+                return set_flag(conn, key, enabled=enabled, rollout_percent=rollout_percent, actor=actor,
+                                reason=reason)
+        except GovernanceError as error:  # refused (not an operator allowed to): audited on its own
+            with engine.begin() as conn:
+                write_refusal(conn, error, actor=actor, action="feature_flag.change_refused",
+                              target_type="feature_flag", target_id=key,
+                              context={"enabled": enabled, "rollout_percent": rollout_percent, "reason": reason})
+            raise

@@ -644,3 +644,61 @@ def test_a_user_id_spelled_in_capitals_keeps_its_bucket(engine):
         upper = bucketing.assign(conn, "exp-case", [str(user).upper()], rollout_percent=50)
         stored = conn.execute(text("SELECT count(*) FROM ab_test_assignments WHERE experiment = 'exp-case'")).scalar()
     assert lower == upper and stored == 1
+
+
+# ------------------------------------------------------------------------------- the operator jobs
+
+def run_operator_job(job, op: str, config: dict, db_url: str):
+    from mixai_pipeline.resources import Alerts, Clock, Database, FeatureFlags
+
+    database = Database(url=db_url)
+    return job.execute_in_process(
+        run_config={"ops": {op: {"config": config}}}, raise_on_error=False,
+        resources={"database": database, "feature_flags": FeatureFlags(database=database),
+                   "clock": Clock(frozen_at=T0.isoformat()), "alerts": Alerts()})
+
+
+def failure(result) -> str:
+    return " ".join(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
+
+
+def test_the_flag_job_sets_a_flag_and_audits_a_refused_change(team, db_url):
+    from mixai_pipeline.defs.serving.jobs import set_feature_flag_job
+
+    done = run_operator_job(set_feature_flag_job, "set_feature_flag", {
+        "key": "enable_align", "enabled": True, "rollout_percent": 40, "actor": "ken", "reason": "canary"}, db_url)
+    assert done.success and done.output_for_node("set_feature_flag") == {
+        "key": "enable_align", "enabled": True, "rollout_percent": 40}
+    refused = run_operator_job(set_feature_flag_job, "set_feature_flag", {
+        "key": "enable_align", "enabled": False, "actor": "aki", "reason": "please"}, db_url)
+    assert not refused.success and "may not change a feature flag" in failure(refused)
+    with team.connect() as conn:
+        assert flags.read_flags(conn).flags["enable_align"].rollout_percent == 40  # unchanged
+    [entry] = audit(team, "feature_flag.change_refused")
+    assert (entry.actor, entry.target_type, entry.target_id) == ("aki", "feature_flag", "enable_align")
+    assert entry.details["refusal"] == "PermissionDenied" and entry.details["enabled"] is False
+    assert len(audit(team, "feature_flag.set")) == 1
+
+
+def test_the_rollout_job_moves_a_model_and_audits_a_refused_change(team, db_url):
+    from mixai_pipeline.defs.serving.jobs import change_rollout_job
+
+    with team.begin() as conn:
+        candidate = add_model(conn, "v2")
+    done = run_operator_job(change_rollout_job, "change_rollout", {
+        "model_id": candidate, "action": "set", "percent": 5, "actor": "ken", "reason": "canary"}, db_url)
+    assert done.success and registry(team) == {candidate: ("candidate", 5)}
+    for actor, config in (("aki", {"action": "rollback"}),                # support may not
+                          ("ken", {"action": "set", "percent": 100})):   # 100 % needs an approval
+        refused = run_operator_job(change_rollout_job, "change_rollout", {
+            "model_id": candidate, "actor": actor, "reason": "try", **config}, db_url)
+        assert not refused.success
+    assert registry(team) == {candidate: ("candidate", 5)}
+    entries = audit(team, "model.rollout_change_refused")
+    assert [(e.actor, e.target_id, e.details["action"]) for e in entries] == [
+        ("aki", str(candidate), "rollback"), ("ken", str(candidate), "set")]
+    assert [e.details["refusal"] for e in entries] == ["PermissionDenied", "RolloutError"]
+    bad = run_operator_job(change_rollout_job, "change_rollout", {
+        "model_id": candidate, "action": "launch", "actor": "ken", "reason": "x"}, db_url)
+    assert not bad.success and "unknown action 'launch'" in failure(bad)
+    assert len(audit(team, "model.rollout_change_refused")) == 2  # a typo is not a refusal

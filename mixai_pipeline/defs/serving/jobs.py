@@ -53,23 +53,29 @@ class RolloutChangeConfig(dg.Config):
 @dg.op(description="Set a model's rollout percentage, promote it, or roll it back; audited, alerted.")
 def change_rollout(context: dg.OpExecutionContext, config: RolloutChangeConfig, database: Database, clock: Clock,
                    alerts: Alerts) -> dg.Output[dict]:
-    from mixai_pipeline.lib.governance.access import GovernanceError
+    from mixai_pipeline.lib.governance.access import GovernanceError, write_refusal
     from mixai_pipeline.lib.serving import rollout
 
+    if config.action not in ("set", "promote", "rollback"):
+        raise dg.Failure(f"unknown action {config.action!r} (set, promote or rollback)")
     now = clock.now()
+    engine = database.get_engine()
     try:
-        with database.get_engine().begin() as conn:
+        with engine.begin() as conn:
             if config.action == "set":
                 decision = rollout.set_rollout(conn, config.model_id, config.percent, actor=config.actor, now=now,
                                                reason=config.reason, approval_id=config.approval_id)
             elif config.action == "promote":
                 decision = rollout.promote(conn, config.model_id, actor=config.actor, now=now, reason=config.reason,
                                            approval_id=config.approval_id)
-            elif config.action == "rollback":
-                decision = rollout.rollback(conn, config.model_id, actor=config.actor, now=now, reason=config.reason)
             else:
-                raise rollout.RolloutError(f"unknown action {config.action!r} (set, promote or rollback)")
+                decision = rollout.rollback(conn, config.model_id, actor=config.actor, now=now, reason=config.reason)
     except (GovernanceError, rollout.RolloutError) as exc:
+        with engine.begin() as conn:  # the refusal rolled the change back: its audit entry has its own transaction
+            write_refusal(conn, exc, actor=config.actor, action="model.rollout_change_refused",
+                          target_type="model", target_id=str(config.model_id),
+                          context={"action": config.action, "percent": config.percent,
+                                   "approval_id": config.approval_id, "reason": config.reason})
         raise _refusal(exc) from exc
     for alert in rollout.alerts_for(decision):
         alerts.send(alert)

@@ -225,10 +225,18 @@ def _run(db: Db, work: Callable[[Connection], T], *, actor: str, refused_action:
         try:
             return work(conn)
         except GovernanceError as error:
-            write_audit(conn, actor=actor, action=refused_action, target_type=target_type, target_id=target_id,
-                        details={**(context or {}), "refused": str(error), "refusal": type(error).__name__})
+            write_refusal(conn, error, actor=actor, action=refused_action, target_type=target_type,
+                          target_id=target_id, context=context)
             refusal = error
     raise refusal
+
+
+def write_refusal(conn: Connection, error: Exception, *, actor: str, action: str, target_type: str,
+                  target_id: str | None, context: dict[str, Any] | None = None) -> None:
+    """Audit a refused request: who asked for what, and why it was refused. Callers whose transaction the
+    refusal rolls back write it in a transaction of its own."""
+    write_audit(conn, actor=actor, action=action, target_type=target_type, target_id=target_id,
+                details={**(context or {}), "refused": str(error), "refusal": type(error).__name__})
 
 
 def _roles_phrase(roles: set[str] | frozenset[str]) -> str:
