@@ -27,6 +27,15 @@ def alert(kind: str = "rollback", **overrides) -> Alert:
     return Alert(kind=kind, **values)
 
 
+def send_one(url: str, max_attempts: int) -> AlertSender:
+    """One alert sent and delivered or given up on (flushed), the sender closed."""
+    sender = AlertSender(url, max_attempts=max_attempts, **FAST)
+    sender.send(alert())
+    assert sender.flush(10)
+    sender.close()
+    return sender
+
+
 @pytest.fixture
 def closed_port_url() -> str:
     """An http URL on a local port nothing listens on (bound, then released): connection refused."""
@@ -80,32 +89,23 @@ def test_no_fields_no_fields_section():
 
 def test_retried_after_500s_then_delivered():
     with LocalWebhookReceiver(fail_first=2, fail_status=500) as receiver:
-        sender = AlertSender(receiver.url, max_attempts=4, **FAST)
-        sender.send(alert())
-        assert sender.flush(10)
-        sender.close()
+        sender = send_one(receiver.url, max_attempts=4)
         assert receiver.statuses == [500, 500, 200]
     assert len(receiver.received) == 1
-    assert sender.stats()["sent"] == 1 and sender.failed == 0
+    assert sender.stats() == {"sent": 1, "failed": 0, "dropped": 0, "skipped": 0}
 
 
 def test_429_with_retry_after_is_honoured_and_delivered():
     with LocalWebhookReceiver(fail_first=1, fail_status=429, retry_after="0") as receiver:
-        sender = AlertSender(receiver.url, max_attempts=2, **FAST)
-        sender.send(alert())
-        assert sender.flush(10)
-        sender.close()
+        sender = send_one(receiver.url, max_attempts=2)
         assert receiver.statuses == [429, 200]
-    assert sender.sent == 1
+    assert sender.stats()["sent"] == 1
 
 
 def test_gives_up_after_max_attempts_without_raising(caplog):
     with LocalWebhookReceiver(fail_first=100, fail_status=503) as receiver:
-        sender = AlertSender(receiver.url, max_attempts=3, **FAST)
         with caplog.at_level(logging.ERROR, logger="mixai_pipeline.lib.serving.alerts"):
-            sender.send(alert())
-            assert sender.flush(10)
-        sender.close()
+            sender = send_one(receiver.url, max_attempts=3)
         assert receiver.posts == 3 and receiver.received == []
     assert sender.stats() == {"sent": 0, "failed": 1, "dropped": 0, "skipped": 0}
     assert sender.history[0][1] == "failed"
@@ -115,19 +115,13 @@ def test_gives_up_after_max_attempts_without_raising(caplog):
 
 def test_400_is_not_retried():
     with LocalWebhookReceiver(fail_first=10, fail_status=400) as receiver:
-        sender = AlertSender(receiver.url, max_attempts=4, **FAST)
-        sender.send(alert())
-        assert sender.flush(10)
-        sender.close()
+        sender = send_one(receiver.url, max_attempts=4)
         assert receiver.posts == 1 and receiver.statuses == [400]
-    assert sender.failed == 1 and sender.sent == 0
+    assert sender.stats()["failed"] == 1 and sender.stats()["sent"] == 0
 
 
 def test_unreachable_webhook_fails_quietly(closed_port_url):
-    sender = AlertSender(closed_port_url, max_attempts=2, **FAST)
-    sender.send(alert())  # no exception, here or later
-    assert sender.flush(10)
-    sender.close()
+    sender = send_one(closed_port_url, max_attempts=2)  # no exception, here or later
     assert sender.stats() == {"sent": 0, "failed": 1, "dropped": 0, "skipped": 0}
 
 
@@ -136,14 +130,14 @@ def test_send_returns_while_the_receiver_still_holds_the_request():
         sender = AlertSender(receiver.url, **FAST)
         sender.send(alert())
         # send() has returned, yet the request cannot have been answered: the receiver is holding it.
-        assert receiver.received == [] and sender.sent == 0
+        assert receiver.received == [] and sender.stats()["sent"] == 0
         assert receiver.wait_for_posts(1)  # it did go out, from the background thread
-        assert sender.sent == 0 and sender.history == []
+        assert sender.stats()["sent"] == 0 and sender.history == []
         receiver.release()
         assert sender.flush(10)
         sender.close()
         assert len(receiver.received) == 1
-    assert sender.sent == 1
+    assert sender.stats()["sent"] == 1
 
 
 def test_full_queue_drops_and_counts():
@@ -154,7 +148,7 @@ def test_full_queue_drops_and_counts():
         assert receiver.wait_for_posts(1)  # first is in flight (held), the queue is empty
         sender.send(second)                # queued: the queue is now full
         sender.send(third)                 # dropped
-        assert sender.dropped == 1 and sender.history == [(third, "dropped")]
+        assert sender.stats()["dropped"] == 1 and sender.history == [(third, "dropped")]
         receiver.release()
         assert sender.flush(10)
         sender.close()

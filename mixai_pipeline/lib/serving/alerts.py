@@ -154,22 +154,6 @@ class AlertSender:
 
     # ------------------------------------------------------------------------------------------ public
 
-    @property
-    def sent(self) -> int:
-        return self.stats()["sent"]
-
-    @property
-    def failed(self) -> int:
-        return self.stats()["failed"]
-
-    @property
-    def dropped(self) -> int:
-        return self.stats()["dropped"]
-
-    @property
-    def skipped(self) -> int:
-        return self.stats()["skipped"]
-
     def stats(self) -> dict[str, int]:
         with self._cv:
             return dict(self._counts)
