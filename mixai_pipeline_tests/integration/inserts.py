@@ -5,7 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
+
+from mixai_pipeline.lib.governance import access
 
 
 def add_job(conn: Connection, user_id: uuid.UUID, *, at: datetime) -> uuid.UUID:
@@ -16,3 +18,11 @@ def add_job(conn: Connection, user_id: uuid.UUID, *, at: datetime) -> uuid.UUID:
         "consent_qa, consent_training) VALUES (:job, :prefix, :user, 'standard', 'done', '2026-03-01', :at, "
         "true, true)"), {"job": job_id, "prefix": f"uploads/{job_id}/", "user": user_id, "at": at})
     return job_id
+
+
+def add_team(engine: Engine, roles: dict[str, str], *, now: datetime) -> Engine:
+    """Operators with their roles: hana, the first admin (bootstrapped by "install"), then the others added by her."""
+    access.add_operator(engine, "hana", "admin", by="install", now=now)
+    for actor, role in roles.items():
+        access.add_operator(engine, actor, role, by="hana", now=now)
+    return engine

@@ -31,10 +31,7 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)  # the injected clock; test
 @pytest.fixture
 def team(engine):
     """hana and jun are admins, ken ops, aki support, rio read_only."""
-    access.add_operator(engine, "hana", "admin", by="install", now=T0)
-    for actor, role in (("jun", "admin"), ("ken", "ops"), ("aki", "support"), ("rio", "read_only")):
-        access.add_operator(engine, actor, role, by="hana", now=T0)
-    return engine
+    return inserts.add_team(engine, {"jun": "admin", "ken": "ops", "aki": "support", "rio": "read_only"}, now=T0)
 
 
 add_job = partial(inserts.add_job, at=T0)

@@ -32,6 +32,7 @@ from mixai_pipeline.defs.governance.sensors import consent_changes_sensor, delet
 from mixai_pipeline.lib.governance import access, consent
 from mixai_pipeline.resources import Clock, Database, ObjectStoreResource
 from mixai_pipeline_tests.conftest import set_mtime
+from mixai_pipeline_tests.integration import inserts
 from mixai_pipeline_tests.integration.test_governance_lib import rejected_upload, upload
 
 pytestmark = pytest.mark.slow
@@ -72,10 +73,7 @@ def values(evaluation) -> dict:
 @pytest.fixture
 def team(engine):
     """hana admin, ken ops, aki support, rio read_only."""
-    access.add_operator(engine, "hana", "admin", by="install", now=REAL)
-    for actor, role in (("ken", "ops"), ("aki", "support"), ("rio", "read_only")):
-        access.add_operator(engine, actor, role, by="hana", now=REAL)
-    return engine
+    return inserts.add_team(engine, {"ken": "ops", "aki": "support", "rio": "read_only"}, now=REAL)
 
 
 def processed_upload(engine, store, user: str, received: datetime, *, plan: str = "standard",

@@ -71,16 +71,21 @@ class CrashAfterDeletes(ObjectStore):
         return self.inner.uri(key)
 
 
-def new_job(conn, user: str, *, plan: str = "standard", received: datetime, status: str = "done") -> str:
+def new_job(conn, user: str | None, *, plan: str | None = "standard", received: datetime,
+            status: str = "done") -> str:
+    """A jobs row; a failed one failed in masters, a rejected one had a corrupt instrumental."""
     job = str(uuid.uuid4())
-    failed = status == "failed"
+    failed, rejected = status == "failed", status == "rejected"
     conn.execute(text(
         """INSERT INTO jobs (job_id, upload_prefix, user_id, plan, status, partition_date, received_at,
-                             consent_qa, consent_training, failed_stage, failure_reason)
-           VALUES (:j, :prefix, :u, :plan, :status, :day, :received, true, true, :stage, :reason)"""),
+                             consent_qa, consent_training, failed_stage, failure_reason, reject_code, reject_reason)
+           VALUES (:j, :prefix, :u, :plan, :status, :day, :received, true, true, :stage, :reason,
+                   :reject_code, :reject_reason)"""),
         {"j": job, "prefix": f"uploads/{job}/", "u": user, "plan": plan, "status": status,
          "day": received.astimezone(retention.BUSINESS_TZ).date(), "received": received,
-         "stage": "masters" if failed else None, "reason": "broken" if failed else None})
+         "stage": "masters" if failed else None, "reason": "broken" if failed else None,
+         "reject_code": "audio_corrupt" if rejected else None,
+         "reject_reason": "inst.wav is corrupt" if rejected else None})
     return job
 
 
@@ -810,13 +815,7 @@ def test_orphans_are_found_both_ways(engine, any_store):
 def rejected_upload(conn, store: ObjectStore, *, received: datetime, user: str | None, plan: str | None,
                     files: dict[str, bytes]) -> str:
     """An upload registration rejected: a jobs row with the reason, its files in the inbox, no vault rows."""
-    job = str(uuid.uuid4())
-    conn.execute(text(
-        """INSERT INTO jobs (job_id, upload_prefix, user_id, plan, status, partition_date, received_at,
-                             reject_code, reject_reason)
-           VALUES (:j, :prefix, :u, :plan, 'rejected', :day, :received, 'audio_corrupt', 'inst.wav is corrupt')"""),
-        {"j": job, "prefix": f"uploads/{job}/", "u": user, "plan": plan,
-         "day": received.astimezone(retention.BUSINESS_TZ).date(), "received": received})
+    job = new_job(conn, user, plan=plan, received=received, status="rejected")
     for name, data in files.items():
         store.put_bytes(f"uploads/{job}/{name}", data)
     return job

@@ -34,10 +34,7 @@ SCALE = np.array([1.0, 0.5, 1.5, 2.0])
 @pytest.fixture
 def team(engine):
     """hana is admin, ken and jun ops, aki support."""
-    access.add_operator(engine, "hana", "admin", by="install", now=T0)
-    for actor, role in (("ken", "ops"), ("jun", "ops"), ("aki", "support")):
-        access.add_operator(engine, actor, role, by="hana", now=T0)
-    return engine
+    return inserts.add_team(engine, {"ken": "ops", "jun": "ops", "aki": "support"}, now=T0)
 
 
 @pytest.fixture(scope="module")
