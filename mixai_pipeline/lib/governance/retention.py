@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, text
 
+from mixai_pipeline.lib.governance.access import holds_in_force
 from mixai_pipeline.lib.governance.purge import (
     DEFAULT_WORKERS,
     IN_PURGE,
@@ -40,6 +41,7 @@ from mixai_pipeline.lib.governance.purge import (
     ItemError,
     complete_interrupted,
     purge_where,
+    sweep_job_prefixes,
 )
 from mixai_pipeline.lib.storage.object_store import ObjectStore
 from mixai_pipeline.settings import BUSINESS_TIMEZONE
@@ -216,9 +218,6 @@ def purge_rejected_uploads(engine: Engine, store: ObjectStore, *, now: datetime,
     covers its user or the job. They have no ``vault_items`` rows, so each deletion is audited per job
     (``object.deleted_unregistered``, cause ``retention_rejected``) and the job gets ``files_purged_at``
     once nothing is left; the ``jobs`` row (what was rejected and why) stays. Reruns delete nothing more."""
-    from mixai_pipeline.lib.governance.access import holds_in_force
-    from mixai_pipeline.lib.governance.purge import sweep_job_prefixes
-
     _aware(now)
     report = RejectedPurgeReport()
     window_sql = "" if window is None else (
